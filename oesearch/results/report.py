@@ -1,0 +1,138 @@
+"""Files a finished search leaves in its run directory, and the summary tools read.
+
+``summary.json`` holds at least ``method``, ``mode``, ``normal_class``,
+``seed``, ``evaluations``, ``wall_seconds`` and ``top``: the final hall of
+fame in rank order, each entry with ``indices``, ``search_fitness`` and
+``validated_fitness``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from oesearch.results.figures import sample_grid
+from oesearch.results.rundir import RunDir
+
+__all__ = ["search_fitness_table", "write_outputs"]
+
+_GRID_COLUMNS = 8
+
+
+def search_fitness_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> pd.DataFrame:
+    """Per individual: its search fitness (mean AUC over ``seeds``) and the generation it first appeared.
+
+    Individuals missing a seed or with a failed training are left out: they
+    have no honest fitness to rank by.
+    """
+    frame = pd.DataFrame([r for r in rows if r["purpose"] == "search" and r["seed"] in set(seeds)])
+    if frame.empty:
+        return pd.DataFrame(columns=["indices", "fitness", "generation"])
+    frame["key"] = frame["indices"].map(lambda idx: tuple(sorted(idx)))
+    grouped = frame.groupby("key").agg(
+        fitness=("auc", "mean"),
+        ok=("status", lambda s: bool((s == "ok").all())),
+        seeds=("seed", "nunique"),
+        generation=("generation", "min"),
+    )
+    grouped = grouped[grouped["ok"] & (grouped["seeds"] == len(set(seeds)))]
+    return grouped.reset_index().rename(columns={"key": "indices"})[["indices", "fitness", "generation"]]
+
+
+def _fmt(value: float) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def write_outputs(
+    rundir: RunDir,
+    *,
+    config: Any,
+    state: Any,
+    validated: Sequence[tuple[float, float]],
+    rows: Sequence[dict[str, Any]],
+    search_seeds: Sequence[int],
+    normal_train: np.ndarray,
+    class_name: str,
+    corpus_images: np.ndarray,
+    wall_seconds: float,
+) -> dict[str, Any]:
+    """Write the stats, hall of fame, genealogy, grids and summary; return the summary."""
+    mode = config.search.mode
+    hof = list(state.hall_of_fame)
+    top = [
+        {
+            "rank": rank + 1,
+            "indices": [int(i) for i in ind],
+            "search_fitness": float(ind.fitness.values[0]),
+            "validated_fitness": mean,
+            "validated_std": std,
+        }
+        for rank, (ind, (mean, std)) in enumerate(zip(hof, validated))
+    ]
+    pd.DataFrame(state.logbook).to_csv(rundir.file("generations.csv"), index=False)
+    hof_frame = pd.DataFrame(top).assign(indices=lambda f: f["indices"].map(lambda i: " ".join(map(str, i))))
+    rundir.write_text("hall_of_fame.csv", hof_frame.to_csv(index=False))
+    _write_genealogy(rundir, state)
+
+    table = search_fitness_table(rows, search_seeds).sort_values("fitness", kind="stable")
+    normal_row = normal_train[: _GRID_COLUMNS]
+    label = f"normal\n({class_name})"
+    method = config.train.method.upper()
+    for which in ("best", "worst"):
+        if which == mode:  # this run's hall of fame, with both fitness numbers
+            chosen = [(t["indices"], f"search {_fmt(t['search_fitness'])}\nvalid {_fmt(t['validated_fitness'])}") for t in top]
+            heading = f"{which} {len(chosen)} OE samples ({method}, hall of fame, validated on fresh seeds)"
+        else:  # the other end of what this search happened to evaluate
+            part = table.tail(_GRID_COLUMNS)[::-1] if which == "best" else table.head(_GRID_COLUMNS)
+            chosen = [(list(idx), f"search {_fmt(f)}") for idx, f in zip(part["indices"], part["fitness"])]
+            heading = f"{which} {len(chosen)} OE samples evaluated in this {mode}-mode search ({method})"
+        images = np.stack([corpus_images[idx[0]] for idx, _ in chosen]) if chosen else normal_row[:0]
+        sample_grid(
+            rundir.file(f"{which}.png"),
+            f"{heading}\nnormal class {class_name}, test AUC under each sample",
+            normal_row,
+            label,
+            [(f"{which}\n({method})", images, [c for _, c in chosen])],
+        )
+
+    gaps = [t["search_fitness"] - t["validated_fitness"] for t in top if math.isfinite(t["validated_fitness"])]
+    rows_search = [r for r in rows if r["purpose"] == "search"]
+    summary = {
+        "name": config.name,
+        "method": config.train.method,
+        "mode": mode,
+        "strategy": config.search.strategy,
+        "normal_class": config.data.normal_class,
+        "class_name": class_name,
+        "seed": config.run.seed,
+        "generations": config.search.generations,
+        "population": config.search.population,
+        "evaluations": len(rows),
+        "search_evaluations": len(rows_search),
+        "validation_evaluations": len(rows) - len(rows_search),
+        "failed_evaluations": sum(r["status"] != "ok" for r in rows),
+        "individuals_evaluated": len(table),
+        "wall_seconds": round(wall_seconds, 2),
+        "search_seeds": list(search_seeds),
+        "top": top,
+        "mean_search_minus_validated": float(np.mean(gaps)) if gaps else None,
+    }
+    rundir.write_json("summary.json", summary)
+    return summary
+
+
+def _write_genealogy(rundir: RunDir, state: Any) -> None:
+    """DEAP History as JSON: every individual ever created, its indices and its parents."""
+    history = state.history
+    individuals = {
+        str(i): {
+            "indices": [int(x) for x in ind],
+            "parents": [int(p) for p in history.genealogy_tree.get(i, ())],
+        }
+        for i, ind in history.genealogy_history.items()
+    }
+    final = [int(getattr(ind, "history_index", -1)) for ind in state.hall_of_fame]
+    rundir.write_json("genealogy.json", {"individuals": individuals, "hall_of_fame": final})

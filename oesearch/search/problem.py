@@ -1,0 +1,99 @@
+"""The problem side of the search: what an individual's fitness is and how it is computed.
+
+:class:`FitnessProblem` turns individuals into jobs (one per seed), skips jobs
+whose key is already cached, dispatches the rest, journals every finished row
+durably, and assigns fitness values.  The algorithm side
+(:mod:`oesearch.search.evolution`) never sees Ray, seeds or the journal.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from oesearch.search.fitness import FitnessCache, Job
+
+__all__ = ["FitnessProblem", "EvaluationCounts"]
+
+
+class EvaluationCounts(dict):
+    """{"new": jobs trained now, "cached": jobs answered by the cache, "failed": failed rows}."""
+
+
+class FitnessProblem:
+    """Fitness of corpus-index individuals for one normal class, on a dispatcher."""
+
+    def __init__(
+        self,
+        normal_class: int,
+        corpus_size: int,
+        mode: str,
+        search_seeds: Sequence[int],
+        validation_seeds: Sequence[int],
+        run_jobs: Callable[[list[Job], Callable[[dict[str, Any]], None]], None],
+        journal: Callable[[dict[str, Any]], None],
+        cache: FitnessCache,
+        progress: bool = True,
+    ) -> None:
+        self.normal_class = normal_class
+        self.corpus_size = corpus_size
+        self.mode = mode
+        self.search_seeds = tuple(search_seeds)
+        self.validation_seeds = tuple(validation_seeds)
+        self._run_jobs = run_jobs
+        self._journal = journal
+        self.cache = cache
+        self.progress = progress
+
+    def _evaluate(self, slots: Sequence[tuple[int, Sequence[int]]], seeds: Sequence[int], purpose: str,
+                  generation: int | None, label: str) -> tuple[list[float], EvaluationCounts]:
+        """Train what the cache lacks for (slot, indices) pairs; return their fitness values."""
+        jobs, queued = [], set()
+        cached = 0
+        for slot, indices in slots:
+            for seed in seeds:
+                job = Job(self.normal_class, tuple(int(i) for i in indices), int(seed), purpose, generation, slot)
+                if job.key in self.cache:
+                    cached += 1
+                elif job.key not in queued:  # a duplicate within this batch trains once
+                    queued.add(job.key)
+                    jobs.append(job)
+        failed = 0
+        with tqdm(total=len(jobs), desc=label, leave=False, disable=not self.progress or not jobs) as bar:
+
+            def on_row(row: dict[str, Any]) -> None:
+                nonlocal failed
+                self._journal(row)
+                self.cache.add(row)
+                failed += row["status"] != "ok"
+                bar.update(1)
+
+            self._run_jobs(jobs, on_row)
+        values = [self.cache.fitness(self.normal_class, indices, seeds, self.mode) for _, indices in slots]
+        return values, EvaluationCounts(new=len(jobs), cached=cached, failed=failed)
+
+    def evaluate(self, population: Sequence[list[int]], generation: int) -> EvaluationCounts:
+        """Set the fitness of every individual whose fitness is invalid."""
+        invalid = [(slot, ind) for slot, ind in enumerate(population) if not ind.fitness.valid]
+        values, counts = self._evaluate(invalid, self.search_seeds, "search", generation, f"gen {generation}")
+        for (_, ind), value in zip(invalid, values):
+            ind.fitness.values = (value,)
+        return counts
+
+    def validate(self, individuals: Sequence[Sequence[int]]) -> list[tuple[float, float]]:
+        """(mean, std) of the test AUC over fresh validation seeds, per individual."""
+        if not self.validation_seeds:
+            return [(math.nan, math.nan)] * len(individuals)
+        self._evaluate(list(enumerate(individuals)), self.validation_seeds, "validate", None, "validate")
+        out = []
+        for indices in individuals:
+            rows = [self.cache.get((self.normal_class, tuple(sorted(indices)), s)) for s in self.validation_seeds]
+            aucs = [r["auc"] for r in rows if r["status"] == "ok"]
+            if len(aucs) < len(rows):
+                out.append((math.nan, math.nan))
+            else:
+                out.append((float(np.mean(aucs)), float(np.std(aucs))))
+        return out

@@ -1,0 +1,133 @@
+"""One search from config to run directory: data, index, workers, evolution, validation, outputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import yaml
+
+from oesearch.config import Config, ConfigError, config_to_dict
+from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
+from oesearch.results import RunDir, write_outputs
+from oesearch.search.dispatch import Dispatcher, WorkerSpec, connect
+from oesearch.search.evolution import Evolution
+from oesearch.search.fitness import FitnessCache
+from oesearch.search.neighbours import NeighbourIndex, duplicate_groups_of
+from oesearch.search.problem import FitnessProblem
+from oesearch.seeding import derive_seed
+from oesearch.training import TrainSettings
+
+__all__ = ["SearchData", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
+
+
+@dataclass
+class SearchData:
+    task: OneVsRest
+    corpus: ImageStore
+    index: NeighbourIndex
+
+
+def load_search_data(config: Config, log: Callable[[str], None] = print) -> SearchData:
+    """Normal task, OE corpus conformed to its image shape, and the neighbour index (all cached)."""
+    d = config.data
+    train = load_normal(d.normal, "train", d.cache_dir)
+    test = load_normal(d.normal, "test", d.cache_dir)
+    task = one_vs_rest(train, test, d.normal_class)
+    corpus = load_corpus(d.corpus, task.image_shape, d.cache_dir)
+    start = time.perf_counter()
+    vectors = np.asarray(corpus.images, dtype=np.float32).reshape(len(corpus), -1) / 255.0
+    key = corpus_key(d.corpus, task.image_shape)
+    cache_path = Path(d.cache_dir).expanduser() / f"{key}.faiss"
+    index = NeighbourIndex.build_or_load(vectors, duplicate_groups_of(corpus.images), cache_path, key)
+    how = "loaded" if index.loaded_from_cache else f"built in {index.build_seconds:.2f}s"
+    log(
+        f"data: {len(task.train)} normal training images of class {task.normal_class} ({task.class_name}), "
+        f"{len(task.test)} test images, corpus of {len(corpus)} {task.image_shape} images; "
+        f"neighbour index {how} ({index.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
+    )
+    return SearchData(task, corpus, index)
+
+
+def check_against_data(config: Config, data: SearchData) -> None:
+    """Config values that only make sense once the corpus size is known."""
+    s, n = config.search, len(data.corpus)
+    if s.pool != "all" and s.pool > n:
+        raise ConfigError(f"search.pool={s.pool} exceeds the corpus of {n} images; set search.pool <= {n} or 'all'")
+    if s.k_nearest >= n:
+        raise ConfigError(f"search.k_nearest={s.k_nearest} must be smaller than the corpus of {n} images")
+    needed = s.population * s.oe_size * (s.generations + 1 if s.strategy == "random" else 1)
+    if needed > n:
+        what = "random search's budget" if s.strategy == "random" else "initial population"
+        raise ConfigError(f"the {what} needs {needed} distinct corpus images but the corpus has {n}")
+
+
+def search_seeds(config: Config) -> list[int]:
+    return [derive_seed(config.run.seed, "repetition", r) for r in range(config.search.repetitions)]
+
+
+def validation_seeds(config: Config) -> list[int]:
+    return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
+
+
+def run_search(config: Config, rundir: RunDir, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+    """Run (or, when ``rundir`` holds a checkpoint or journal, continue) a search; return its summary."""
+    wall_start = time.perf_counter()
+    state = rundir.load_checkpoint()
+    earlier_seconds = state.elapsed if state is not None else 0.0  # time spent before a kill
+    if not rundir.file("config.yaml").exists():
+        rundir.write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    data = load_search_data(config, log)
+    check_against_data(config, data)
+
+    connect(config.run.address)
+    spec = WorkerSpec(config.train.method, config.train.hsc_radial, TrainSettings(
+        epochs=config.train.epochs, lr=config.train.lr, milestones=tuple(config.train.milestones),
+        batch_size=config.train.batch_size, weight_decay=config.train.weight_decay))
+    dispatcher = Dispatcher(data.task, spec, data.corpus.images, workers=config.run.workers,
+                            gpus_per_worker=config.run.gpus_per_worker, max_retries=config.run.max_retries,
+                            name=f"oesearch-{rundir.path.name}")
+    rows = rundir.journal_rows()
+    if rows or state is not None:
+        log(f"resuming: {len(rows)} finished evaluations in the journal, "
+            f"checkpoint after generation {state.generation if state else 'none'}")
+    problem = FitnessProblem(
+        normal_class=config.data.normal_class,
+        corpus_size=len(data.corpus),
+        mode=config.search.mode,
+        search_seeds=search_seeds(config),
+        validation_seeds=validation_seeds(config),
+        run_jobs=dispatcher.run,
+        journal=rundir.append,
+        cache=FitnessCache(rows),
+        progress=progress,
+    )
+    log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
+        f"{config.search.population}, {config.search.generations} generations, {len(dispatcher.workers)} "
+        f"{dispatcher.device_kind} workers")
+    evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=rundir.save_checkpoint, log=log)
+    try:
+        state = evolution.run(state)
+        validated = problem.validate([list(ind) for ind in state.hall_of_fame])
+    finally:
+        rundir.close()
+        dispatcher.shutdown()
+    summary = write_outputs(
+        rundir,
+        config=config,
+        state=state,
+        validated=validated,
+        rows=rundir.journal_rows(),
+        search_seeds=problem.search_seeds,
+        normal_train=data.task.train,
+        class_name=data.task.class_name,
+        corpus_images=data.corpus.images,
+        wall_seconds=earlier_seconds + (time.perf_counter() - wall_start),
+    )
+    for entry in summary["top"]:
+        log(f"hall of fame #{entry['rank']}: indices {entry['indices']} search {entry['search_fitness']:.4f} "
+            f"validated {entry['validated_fitness']:.4f} +- {entry['validated_std']:.4f}")
+    return summary

@@ -1,0 +1,152 @@
+"""The one trainer: train phi from scratch on normal data plus OE, then score the test set.
+
+Batches are balanced (paper Appendix G): each step takes B normal images and B
+OE images.  With a single OE image the OE half is that image repeated B times.
+Data lives on the device as normalised tensors prepared once per worker
+(:class:`PreparedTask`); only the OE image(s) and a seed arrive per training.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from oesearch.models import build_model
+from oesearch.training.metrics import roc_auc
+from oesearch.training.objectives import Objective
+
+__all__ = ["TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor"]
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training diverged: the loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Optimisation settings (paper Appendix G: Adam, step milestones x0.1)."""
+
+    epochs: int = 30
+    lr: float = 1e-3
+    milestones: tuple[int, ...] = (25,)
+    batch_size: int = 128  # per side: B normal + B OE images per step
+    weight_decay: float = 0.0
+
+
+def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
+    # A copy: the arrays arrive read-only from Ray's object store or a memmap.
+    t = torch.tensor(np.asarray(images), device=device)
+    return t.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@dataclass
+class PreparedTask:
+    """A one-vs-rest task resident on one device, normalised by the normal class's statistics."""
+
+    train: torch.Tensor  # (n, C, H, W) normalised normal training images
+    test: torch.Tensor  # (m, C, H, W) normalised test images
+    test_anomalous: np.ndarray  # (m,) bool
+    mean: torch.Tensor  # (1, C, 1, 1)
+    std: torch.Tensor  # (1, C, 1, 1)
+    image_shape: tuple[int, int, int]  # (H, W, C)
+
+    @classmethod
+    def from_arrays(
+        cls,
+        normal_train: np.ndarray,
+        test_images: np.ndarray,
+        test_anomalous: np.ndarray,
+        device: torch.device | str = "cpu",
+    ) -> "PreparedTask":
+        train = to_tensor(normal_train, device)
+        mean = train.mean(dim=(0, 2, 3), keepdim=True)
+        # A constant channel (std 0) would divide by zero; leave it unscaled.
+        std = train.std(dim=(0, 2, 3), keepdim=True)
+        std = torch.where(std > 1e-6, std, torch.ones_like(std))
+        test = (to_tensor(test_images, device) - mean) / std
+        return cls(
+            train=(train - mean) / std,
+            test=test,
+            test_anomalous=np.asarray(test_anomalous, dtype=bool),
+            mean=mean,
+            std=std,
+            image_shape=tuple(normal_train.shape[1:]),
+        )
+
+    def normalise(self, images: np.ndarray) -> torch.Tensor:
+        """uint8 images -> normalised tensors on this task's device."""
+        return (to_tensor(images, self.train.device) - self.mean) / self.std
+
+
+@dataclass
+class TrainResult:
+    auc: float
+    epoch_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def train_and_evaluate(
+    task: PreparedTask,
+    oe_images: np.ndarray,
+    objective: Objective,
+    settings: TrainSettings,
+    seed: int,
+) -> TrainResult:
+    """Train a fresh phi with ``oe_images`` as the only outliers; return its test AUC.
+
+    Everything random (initialisation, batch order, which OE image fills each
+    slot) comes from ``seed``.  Raises :class:`NonFiniteLossError` when the
+    loss diverges; it is checked once per epoch to avoid a host sync per step.
+    """
+    start = time.perf_counter()
+    device = task.train.device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = build_model(task.image_shape, head=objective.head).to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    oe = task.normalise(oe_images)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
+
+    n = task.train.shape[0]
+    bs = settings.batch_size
+    epoch_losses: list[float] = []
+    model.train()
+    for epoch in range(settings.epochs):
+        order = torch.randperm(n, generator=gen, device=device)
+        total = torch.zeros((), device=device)
+        for lo in range(0, n, bs):
+            normal = task.train[order[lo : lo + bs]]
+            b = normal.shape[0]
+            outliers = oe[torch.randint(len(oe), (b,), generator=gen, device=device)]
+            x = torch.cat([normal, outliers])
+            is_outlier = torch.arange(2 * b, device=device) >= b
+            loss = objective.loss(model(x), is_outlier).mean()
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            total += loss.detach()
+        schedule.step()
+        mean_loss = total.item() / math.ceil(n / bs)
+        if not math.isfinite(mean_loss):
+            raise NonFiniteLossError(f"loss became {mean_loss} in epoch {epoch + 1}/{settings.epochs}")
+        epoch_losses.append(mean_loss)
+
+    scores = anomaly_scores(model, objective, task.test)
+    if not np.all(np.isfinite(scores)):
+        raise NonFiniteLossError("the trained model produced non-finite anomaly scores")
+    auc = roc_auc(task.test_anomalous, scores)
+    return TrainResult(auc=auc, epoch_losses=epoch_losses, seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def anomaly_scores(model: torch.nn.Module, objective: Objective, images: torch.Tensor, chunk: int = 2048) -> np.ndarray:
+    """Scores for ``images`` with the model in eval mode (BatchNorm running statistics)."""
+    model.eval()
+    parts = [objective.score(model(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    return torch.cat(parts).float().cpu().numpy()

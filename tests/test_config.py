@@ -1,0 +1,208 @@
+"""Configuration: defaults, validation messages, --set overrides, YAML reading and the CLI's error path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from oesearch.cli import build_parser, main, resolve_config
+from oesearch.config import (
+    Config,
+    ConfigError,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    read_yaml,
+)
+
+EMBEDDED_YAML = Path(__file__).resolve().parents[1] / "search_configs" / "embedded.yaml"
+
+
+def test_defaults_validate_and_round_trip() -> None:
+    default = Config()
+    assert config_from_dict({}) == default
+    assert load_config() == default
+    assert config_from_dict(config_to_dict(default)) == default
+    # Through YAML text as well, the way a run directory stores its config.
+    assert config_from_dict(yaml.safe_load(yaml.safe_dump(config_to_dict(default)))) == default
+
+
+def test_defaults_follow_the_paper_where_it_is_specific() -> None:
+    s, t = Config().search, Config().train
+    # Paper Appendix H: tournament of 3, mate 0.05, mutation 0.55, pool 10,000, k 50, 2 repetitions.
+    assert (s.tournament_size, s.mate_chance, s.mutation_chance) == (3, 0.05, 0.55)
+    assert (s.pool, s.k_nearest, s.repetitions, s.oe_size) == (10_000, 50, 2, 1)
+    # Paper Appendix G (search experiments): Adam, 30 epochs, lr 1e-3, milestone 25.
+    assert (t.epochs, t.lr, t.milestones) == (30, 1e-3, (25,))
+    assert Config().data.normal.kind == "digits" and Config().data.corpus.kind == "natural_patches"
+
+
+def test_embedded_yaml_equals_the_defaults() -> None:
+    if not EMBEDDED_YAML.exists():
+        pytest.skip(f"{EMBEDDED_YAML} not written yet")
+    assert load_config(EMBEDDED_YAML) == Config()
+
+
+def _error(raw: dict) -> str:
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    return str(err.value)
+
+
+def test_unknown_key_lists_the_valid_keys_of_its_section() -> None:
+    message = _error({"search": {"popsize": 32}})
+    assert "unknown key 'search.popsize'" in message
+    for key in ("population", "generations", "tournament_size", "mate_chance", "pool", "k_nearest"):
+        assert key in message
+    # Keys of other sections are not offered.
+    assert "epochs" not in message and "milestones" not in message
+
+    message = _error({"train": {"lr_rate": 0.1}})
+    assert "unknown key 'train.lr_rate'" in message
+    assert "lr" in message and "milestones" in message and "population" not in message
+
+
+def test_unknown_key_in_a_source() -> None:
+    message = _error({"data": {"normal": {"kind": "digits", "test_frac": 0.3}}})
+    assert "unknown key 'data.normal.test_frac'" in message
+    assert "test_fraction" in message and "split_seed" in message
+
+
+def test_unknown_top_level_section() -> None:
+    message = _error({"serch": {"population": 4}})
+    assert "unknown key 'serch'" in message
+    for section in ("data", "train", "search", "run"):
+        assert section in message
+
+
+def test_bad_literal_lists_the_allowed_values() -> None:
+    message = _error({"train": {"method": "dsvdd"}})
+    assert "train.method" in message and "'hsc'" in message and "'bce'" in message and "'dsvdd'" in message
+    message = _error({"search": {"mode": "median"}})
+    assert "search.mode" in message and "'best'" in message and "'worst'" in message
+    message = _error({"data": {"normal": {"kind": "mnist"}}})
+    assert "'digits'" in message and "'imagefolder'" in message and "'cifar10'" in message
+
+
+def test_bad_numbers() -> None:
+    message = _error({"search": {"population": -4}})
+    assert "search.population" in message and "greater than or equal to 2" in message
+    message = _error({"train": {"epochs": 10, "milestones": [5, 20]}})
+    assert "milestones [5, 20] must lie in [1, epochs=10]" in message
+    message = _error({"search": {"pool": 10, "k_nearest": 50}})
+    assert "k_nearest 50 exceeds pool 10" in message
+    assert "pool must be a positive integer or 'all'" in _error({"search": {"pool": 0}})
+    assert "search.pool" in _error({"search": {"pool": "some"}})
+    assert "tournament_size 5 exceeds population 4" in _error({"search": {"population": 4, "tournament_size": 5}})
+    # Within bounds the same keys are accepted: milestones == epochs, k == pool, pool 'all'.
+    ok = config_from_dict({"train": {"epochs": 10, "milestones": [10]}, "search": {"pool": 50, "k_nearest": 50}})
+    assert ok.train.milestones == (10,) and ok.search.pool == 50
+    assert config_from_dict({"search": {"pool": "all", "k_nearest": 5000}}).search.pool == "all"
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        config_from_dict([1, 2])  # type: ignore[arg-type]
+
+
+def test_set_overrides_parse_values_as_yaml() -> None:
+    raw = apply_overrides({"search": {"population": 8}}, [
+        "search.pool=all",
+        "train.milestones=[10,20]",
+        "train.epochs=30",
+        "search.mode=best",
+        "run.address=null",
+        "data.normal.kind=cifar10",
+        "data.normal.path=/tmp/x",
+    ])
+    assert raw == {
+        "search": {"population": 8, "pool": "all", "mode": "best"},
+        "train": {"milestones": [10, 20], "epochs": 30},
+        "run": {"address": None},
+        "data": {"normal": {"kind": "cifar10", "path": "/tmp/x"}},
+    }
+    config = config_from_dict(raw)
+    assert config.search.pool == "all" and config.train.milestones == (10, 20)
+    assert config.data.normal.kind == "cifar10"
+
+
+def test_set_does_not_modify_its_input() -> None:
+    raw = {"search": {"population": 8}}
+    apply_overrides(raw, ["search.population=16"])
+    assert raw == {"search": {"population": 8}}
+
+
+def test_malformed_set() -> None:
+    with pytest.raises(ConfigError, match=r"--set expects key=value, got 'foo'"):
+        apply_overrides({}, ["foo"])
+    with pytest.raises(ConfigError, match="--set expects key=value"):
+        apply_overrides({}, ["=3"])
+    with pytest.raises(ConfigError, match="'name' is a value, not a section"):
+        apply_overrides({"name": "x"}, ["name.sub=1"])
+
+
+def test_load_config_applies_overrides_to_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("name: exp\nsearch:\n  population: 8\n  generations: 2\n")
+    config = load_config(path, ["search.population=16"])
+    assert (config.name, config.search.population, config.search.generations) == ("exp", 16, 2)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    assert load_config(empty) == Config()
+
+
+def test_read_yaml_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        read_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("search: [unclosed\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        read_yaml(bad)
+    listing = tmp_path / "list.yaml"
+    listing.write_text("- a\n- b\n")
+    with pytest.raises(ConfigError, match="must hold a mapping of sections, got list"):
+        read_yaml(listing)
+
+
+def test_cli_flags_win_over_set_and_file(tmp_path: Path) -> None:
+    path = tmp_path / "exp.yaml"
+    path.write_text("search:\n  mode: best\n  population: 8\nrun:\n  seed: 3\n")
+    args = build_parser().parse_args(
+        ["--config", str(path), "--set", "search.mode=best", "--mode", "worst", "--seed", "7",
+         "--method", "bce", "--out", str(tmp_path / "runs")]
+    )
+    config = resolve_config(args)
+    assert config.search.mode == "worst"
+    assert config.train.method == "bce"
+    assert config.run.seed == 7
+    assert config.run.out == str(tmp_path / "runs")
+    assert config.search.population == 8
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--set", "search.popsize=3"], "unknown key 'search.popsize'"),
+        (["--set", "foo"], "--set expects key=value"),
+        (["--config", "/nonexistent/exp.yaml"], "config file not found"),
+        (["--set", "train.epochs=10", "--set", "train.milestones=[20]"], "must lie in [1, epochs=10]"),
+    ],
+)
+def test_cli_reports_config_errors_with_exit_code_2(argv: list[str], expected: str, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    # Config errors come from resolve_config, before a run directory is created or Ray started.
+    out = tmp_path / "runs"
+    code = main([*argv, "--out", str(out), "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.err.startswith("error: ")
+    assert expected in captured.err
+    assert captured.out == ""
+    assert not out.exists()  # no run directory was made
+
+    import ray
+
+    assert not ray.is_initialized()
