@@ -197,7 +197,7 @@ def test_huge_learning_rate_diverges_and_raises(task: PreparedTask) -> None:
         opt.step()
     assert not all(math.isfinite(v) for v in losses), losses
 
-    with pytest.raises(NonFiniteLossError, match="loss became nan in epoch 1/3"):
+    with pytest.raises(NonFiniteLossError, match=r"loss became (nan|-?inf) in epoch 1/3"):
         train_and_evaluate(task, OE, make_objective("bce"), TrainSettings(epochs=3, batch_size=16, lr=lr,
                                                                           milestones=()), seed=0)
     # HSC at this rate also ends non-finite (loss or scores); either way it is reported.
