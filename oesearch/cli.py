@@ -59,7 +59,7 @@ def resolve_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from oesearch.results import RunDir
-    from oesearch.search.runner import run_search
+    from oesearch.search.runner import prepare, run_search
 
     try:
         if args.resume:
@@ -70,13 +70,15 @@ def main(argv: list[str] | None = None) -> int:
             if args.address:
                 raw.setdefault("run", {})["address"] = args.address
             config = config_from_dict(raw)
+            data = prepare(config)
         else:
             config = resolve_config(args)
+            data = prepare(config)  # bad data or values fail here, before a run directory exists
             label = f"{config.name}-{config.train.method}-{config.search.mode}-c{config.data.normal_class}-s{config.run.seed}"
             if config.search.strategy == "random":
                 label += "-random"
             rundir = RunDir.create(Path(config.run.out), label)
-        run_search(config, rundir, progress=not args.no_progress)
+        run_search(config, rundir, data=data, progress=not args.no_progress)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

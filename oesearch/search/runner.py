@@ -21,7 +21,7 @@ from oesearch.search.problem import FitnessProblem
 from oesearch.seeding import derive_seed
 from oesearch.training import TrainSettings
 
-__all__ = ["SearchData", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
+__all__ = ["SearchData", "prepare", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
 
 
 @dataclass
@@ -73,15 +73,22 @@ def validation_seeds(config: Config) -> list[int]:
     return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
 
 
-def run_search(config: Config, rundir: RunDir, log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
+def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
+    """Load the data and check the config against it, before anything is written."""
+    data = load_search_data(config, log)
+    check_against_data(config, data)
+    return data
+
+
+def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
+               log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
     """Run (or, when ``rundir`` holds a checkpoint or journal, continue) a search; return its summary."""
     wall_start = time.perf_counter()
     state = rundir.load_checkpoint()
     earlier_seconds = state.elapsed if state is not None else 0.0  # time spent before a kill
     if not rundir.file("config.yaml").exists():
         rundir.write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
-    data = load_search_data(config, log)
-    check_against_data(config, data)
+    data = data or prepare(config, log)
 
     connect(config.run.address)
     spec = WorkerSpec(config.train.method, config.train.hsc_radial, TrainSettings(
