@@ -21,7 +21,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -135,8 +135,7 @@ class EvolutionState:
     history: tools.History
     py_rng: Any  # random.Random state
     np_rng: dict  # numpy bit-generator state
-    elapsed: float = 0.0
-    counts: dict = field(default_factory=lambda: {"new": 0, "cached": 0, "failed": 0})
+    elapsed: float = 0.0  # seconds spent in finished generations, across resumes
 
 
 class Evolution:
@@ -211,8 +210,6 @@ class Evolution:
             state.py_rng = py_rng.getstate()
             state.np_rng = np_rng.bit_generator.state
             state.elapsed += seconds
-            for k in state.counts:
-                state.counts[k] += counts[k]
             self.checkpoint(state)
         return state
 
