@@ -206,23 +206,34 @@ def test_build_or_load_reuses_and_rebuilds(
     vectors: np.ndarray, groups: np.ndarray, tmp_path: Path
 ) -> None:
     path = tmp_path / "cache" / "corpus.faiss"
-    first = NeighbourIndex.build_or_load(vectors, groups, path, key="v1")
+    builds: list[str] = []
+
+    def inputs(v: np.ndarray = vectors, g: np.ndarray = groups, label: str = "v1"):
+        builds.append(label)
+        return v, g
+
+    first = NeighbourIndex.build_or_load(inputs, path, key="v1", size=N)
     assert not first.loaded_from_cache and path.exists()
     assert first.build_seconds >= 0 and first.memory_bytes >= N * D * 4
     mtime = path.stat().st_mtime_ns
 
-    again = NeighbourIndex.build_or_load(vectors, groups, path, key="v1")
+    again = NeighbourIndex.build_or_load(inputs, path, key="v1", size=N)
     assert again.loaded_from_cache and path.stat().st_mtime_ns == mtime
+    assert builds == ["v1"], "a cached load never computes the corpus vectors"
     assert np.array_equal(again.nearest([3], None, K), first.nearest([3], None, K))
 
     # A different key means different content: here the vectors really change.
     shifted = np.ascontiguousarray(vectors[::-1])
-    rebuilt = NeighbourIndex.build_or_load(shifted, groups[::-1], path, key="v2")
-    assert not rebuilt.loaded_from_cache
+    rebuilt = NeighbourIndex.build_or_load(lambda: inputs(shifted, groups[::-1], "v2"), path, key="v2", size=N)
+    assert not rebuilt.loaded_from_cache and builds == ["v1", "v2"]
     assert NeighbourIndex.stored_key(path) == "v2"
     assert np.array_equal(NeighbourIndex.load(path).index.reconstruct(0), shifted[0])
 
-    uncached = NeighbourIndex.build_or_load(vectors, groups, None, key="v1")
+    # The same key but another corpus size is stale: rebuilt, not trusted.
+    smaller = NeighbourIndex.build_or_load(lambda: inputs(shifted[:10], groups[:10], "v2-small"), path, key="v2", size=10)
+    assert not smaller.loaded_from_cache and smaller.size == 10
+
+    uncached = NeighbourIndex.build_or_load(inputs, None, key="v1", size=N)
     assert not uncached.loaded_from_cache
 
 

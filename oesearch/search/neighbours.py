@@ -375,33 +375,36 @@ class NeighbourIndex:
     @classmethod
     def build_or_load(
         cls,
-        vectors: np.ndarray,
-        duplicate_groups: np.ndarray,
+        inputs: Callable[[], tuple[np.ndarray, np.ndarray]],
         cache_path: Path | None,
         key: str,
+        size: int,
     ) -> NeighbourIndex:
         """Reuse the index persisted at ``cache_path`` if its key matches, else build and save.
 
         Args:
-            vectors: ``(N, D)`` corpus vectors (used only when building).
-            duplicate_groups: ``(N,)`` group ids (used only when building).
+            inputs: Returns ``(vectors, duplicate_groups)`` for a build. It is
+                called only when building, so a cached start skips converting
+                and hashing the whole corpus.
             cache_path: Where the index lives; ``None`` disables caching.
             key: Identifies corpus content and preprocessing (e.g. a hash of
                 the corpus cache and the index resolution); a different key
                 forces a rebuild.
+            size: Number of corpus items; a persisted index of another size is
+                rebuilt.
         """
         if cache_path is not None:
             cache_path = Path(cache_path)
             if cls.stored_key(cache_path) == key and cache_path.exists():
-                loaded: NeighbourIndex | None
                 try:
                     loaded = cls.load(cache_path)
                 except (OSError, RuntimeError, ValueError):
                     loaded = None  # unreadable or inconsistent cache: rebuild
-                if loaded is not None and loaded.size == len(vectors) and (
-                    np.ndim(vectors) == 2 and loaded.dim == np.shape(vectors)[1]
-                ):
+                if loaded is not None and loaded.size == size:
                     return loaded
+        vectors, duplicate_groups = inputs()
+        if len(vectors) != size:
+            raise ValueError(f"inputs() gave {len(vectors)} vectors for a corpus of {size}")
         built = cls(vectors, duplicate_groups)
         built.key = key
         if cache_path is not None:

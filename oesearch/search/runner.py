@@ -39,10 +39,9 @@ def load_search_data(config: Config, log: Callable[[str], None] = print) -> Sear
     task = one_vs_rest(train, test, d.normal_class)
     corpus = load_corpus(d.corpus, task.image_shape, d.cache_dir)
     start = time.perf_counter()
-    vectors = np.asarray(corpus.images, dtype=np.float32).reshape(len(corpus), -1) / 255.0
     key = corpus_key(d.corpus, task.image_shape)
     cache_path = Path(d.cache_dir).expanduser() / f"{key}.faiss"
-    index = NeighbourIndex.build_or_load(vectors, duplicate_groups_of(corpus.images), cache_path, key)
+    index = NeighbourIndex.build_or_load(lambda: index_inputs(corpus), cache_path, key, len(corpus))
     how = "loaded" if index.loaded_from_cache else f"built in {index.build_seconds:.2f}s"
     log(
         f"data: {len(task.train)} normal training images of class {task.normal_class} ({task.class_name}), "
@@ -50,6 +49,12 @@ def load_search_data(config: Config, log: Callable[[str], None] = print) -> Sear
         f"neighbour index {how} ({index.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
     )
     return SearchData(task, corpus, index)
+
+
+def index_inputs(corpus: ImageStore) -> tuple[np.ndarray, np.ndarray]:
+    """Neighbour-index vectors (pixels in [0, 1], as the model sees the images) and duplicate groups."""
+    vectors = np.asarray(corpus.images, dtype=np.float32).reshape(len(corpus), -1) / 255.0
+    return vectors, duplicate_groups_of(corpus.images)
 
 
 def check_against_data(config: Config, data: SearchData) -> None:
