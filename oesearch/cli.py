@@ -70,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.address:
                 raw.setdefault("run", {})["address"] = args.address
             config = config_from_dict(raw)
-            data = prepare(config)
         else:
-            config = resolve_config(args)
-            data = prepare(config)  # bad data or values fail here, before a run directory exists
+            config, rundir = resolve_config(args), None
+        data = prepare(config)  # bad data or values fail here, before a run directory exists
+        if rundir is None:
             label = f"{config.name}-{config.train.method}-{config.search.mode}-c{config.data.normal_class}-s{config.run.seed}"
             if config.search.strategy == "random":
                 label += "-random"

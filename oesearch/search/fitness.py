@@ -12,9 +12,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
-__all__ = ["Job", "JobKey", "FitnessCache", "failed_fitness", "is_failed"]
+__all__ = ["Job", "JobKey", "job_key", "FitnessCache", "failed_fitness", "is_failed"]
 
 JobKey = tuple[int, tuple[int, ...], int]  # (normal class, sorted corpus indices, seed)
+
+
+def job_key(normal_class: int, indices: Iterable[int], seed: int) -> JobKey:
+    """The cache key of one training: the order of an individual's indices does not matter."""
+    return (int(normal_class), tuple(sorted(int(i) for i in indices)), int(seed))
 
 
 @dataclass(frozen=True)
@@ -30,7 +35,7 @@ class Job:
 
     @property
     def key(self) -> JobKey:
-        return (self.normal_class, tuple(sorted(self.indices)), self.seed)
+        return job_key(self.normal_class, self.indices, self.seed)
 
     @property
     def name(self) -> str:
@@ -53,7 +58,7 @@ class Job:
 
 
 def row_key(row: dict[str, Any]) -> JobKey:
-    return (int(row["normal_class"]), tuple(sorted(int(i) for i in row["indices"])), int(row["seed"]))
+    return job_key(row["normal_class"], row["indices"], row["seed"])
 
 
 def failed_fitness(mode: str) -> float:
@@ -89,7 +94,7 @@ class FitnessCache:
         """Mean AUC over ``seeds``, or :func:`failed_fitness` when any training failed."""
         aucs = []
         for seed in seeds:
-            row = self._rows[(normal_class, tuple(sorted(indices)), seed)]
+            row = self._rows[job_key(normal_class, indices, seed)]
             if row["status"] != "ok":
                 return failed_fitness(mode)
             aucs.append(row["auc"])

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from oesearch.search.fitness import FitnessCache, Job
+from oesearch.search.fitness import FitnessCache, Job, job_key
 
 __all__ = ["FitnessProblem", "EvaluationCounts"]
 
@@ -90,7 +90,7 @@ class FitnessProblem:
         self._evaluate(list(enumerate(individuals)), self.validation_seeds, "validate", None, "validate")
         out = []
         for indices in individuals:
-            rows = [self.cache.get((self.normal_class, tuple(sorted(indices)), s)) for s in self.validation_seeds]
+            rows = [self.cache.get(job_key(self.normal_class, indices, s)) for s in self.validation_seeds]
             aucs = [r["auc"] for r in rows if r["status"] == "ok"]
             if len(aucs) < len(rows):
                 out.append((math.nan, math.nan))
