@@ -35,6 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="run seed (run.seed); every random number descends from it")
     p.add_argument("--out", help="parent folder for run directories (run.out)")
     p.add_argument("--address", help="Ray cluster address, e.g. 'auto' on a head node (run.address; RAY_ADDRESS also works)")
+    p.add_argument("--storage", help="shared storage for the run directory: a path, or a URI such as s3://bucket/runs "
+                   "(run.storage)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its journal and checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
@@ -50,6 +52,7 @@ def resolve_config(args: argparse.Namespace):
         "run.seed": args.seed,
         "run.out": args.out,
         "run.address": args.address,
+        "run.storage": args.storage,
     }
     overrides = list(args.overrides) + [f"{k}={yaml.safe_dump(v).strip().removesuffix('...').strip()}"
                                          for k, v in flags.items() if v is not None]
@@ -59,6 +62,7 @@ def resolve_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from oesearch.results import RunDir
+    from oesearch.results.storage import run_parent
     from oesearch.search.runner import prepare, run_search
 
     try:
@@ -67,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.config or args.overrides or args.method or args.mode or args.strategy or args.seed is not None:
                 raise ConfigError("--resume continues a run with its own saved config; drop --config/--set/--method/--mode/--strategy/--seed")
             raw = read_yaml(rundir.file("config.yaml"))
-            if args.address:
-                raw.setdefault("run", {})["address"] = args.address
+            for key, value in (("address", args.address), ("storage", args.storage)):
+                if value:  # where the cluster is may differ after a restart; what the run is may not
+                    raw.setdefault("run", {})[key] = value
             config = config_from_dict(raw)
         else:
             config, rundir = resolve_config(args), None
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{config.name}-{config.train.method}-{config.search.mode}-c{config.data.normal_class}-s{config.run.seed}"
             if config.search.strategy == "random":
                 label += "-random"
-            rundir = RunDir.create(Path(config.run.out), label)
+            rundir = RunDir.create(run_parent(config.run.out, config.run.storage), label)
         run_search(config, rundir, data=data, progress=not args.no_progress)
     except (ConfigError, DataError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -139,10 +139,19 @@ class SearchConfig(_Section):
 class RunConfig(_Section):
     seed: int = Field(0, ge=0)
     out: str = Field("runs", description="parent folder of run directories")
-    address: str | None = Field(None, description="Ray cluster address; None starts a local instance")
-    workers: int | None = Field(None, ge=1, description="fitness workers; None: one per CPU, or per GPU share")
+    address: str | None = Field(
+        None, description="Ray cluster address, 'auto', or 'local'; None joins a cluster started on this machine "
+        "with `ray start` (or RAY_ADDRESS), else starts a local instance")
+    storage: str | None = Field(
+        None, description="shared storage for run directories: a path (runs are written there) or a URI such as "
+        "s3://bucket/runs (runs are written on the head node and mirrored there after every generation)")
+    workers: int | None = Field(None, ge=1, description="fitness workers; None: what the live nodes hold at once "
+                                "(one per CPU, or per GPU share)")
     gpus_per_worker: float = Field(0.25, gt=0, le=1)
-    max_retries: int = Field(2, ge=0, description="retries of an evaluation whose worker died")
+    max_retries: int = Field(2, ge=0, description="retries of an evaluation that failed (worker or node died, "
+                             "raised, NaN loss, timed out)")
+    eval_timeout: float | None = Field(None, gt=0, description="seconds after which a running evaluation counts "
+                                       "as hung: its worker is replaced and the evaluation retried; None: no limit")
 
 
 class Config(_Section):

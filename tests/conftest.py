@@ -48,13 +48,13 @@ def write_config(path: Path, config: dict) -> Path:
 
 def run_cli(args: list[str], cwd: Path, script: Path = RUN_PY, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the search script as a user would, in its own process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
     return subprocess.run([sys.executable, str(script), "--no-progress", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
 def start_cli(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ""}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
     return subprocess.Popen([sys.executable, str(RUN_PY), "--no-progress", *args], cwd=cwd, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 

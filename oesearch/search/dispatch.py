@@ -1,160 +1,252 @@
-"""Fitness evaluation on Ray: long-lived workers that hold the data, fed through ``ray.wait``.
+"""Evaluation on Ray: a pool of long-lived worker actors fed through ``ray.wait``.
 
-Each :class:`FitnessWorker` actor receives the one-vs-rest task once (through
-the object store) and keeps it on its device as normalised tensors.  A job
-carries only its corpus image(s) and seed.  The :class:`Dispatcher` keeps every
-worker busy with a small queue of jobs each, consumes results as they finish,
-and resubmits a job whose worker died, a bounded number of times.
+The :class:`Dispatcher` keeps every *ready* worker busy with a short queue of
+jobs, consumes results as they finish, and survives faults without losing or
+double-counting an evaluation:
+
+- a worker process or its node dies: the worker is replaced in its slot, the
+  job it was running is retried, the jobs queued behind it are resubmitted;
+- an evaluation raises, or returns a failed row (a NaN loss): it is retried;
+- an evaluation runs past ``eval_timeout``: its worker is killed and replaced,
+  and the job retried.
+
+Every job is retried at most ``max_retries`` times; one that still fails is
+handed back as a failed row with its last reason.  Each job reaches ``on_row``
+exactly once.  Any actor class with ``ready()`` and ``evaluate(job, *payload)``
+can be dispatched (the benchmarks use a sleeping one).
 """
 
 from __future__ import annotations
 
-import os
-import socket
+import logging
 import time
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional
 
-import numpy as np
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from oesearch.data.splits import OneVsRest
 from oesearch.search.fitness import Job
-from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
 
-__all__ = ["WorkerSpec", "FitnessWorker", "Dispatcher", "connect"]
+__all__ = ["Dispatcher", "connect", "plan_workers"]
 
-_IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between jobs
+log = logging.getLogger(__name__)
+
+IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between jobs
+_STALL_LOG_SECONDS = 60.0  # how often to say so while no worker is ready (e.g. the autoscaler is adding nodes)
 
 
 def connect(address: str | None) -> None:
-    """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray instance."""
+    """Join the cluster at ``address``; else ``RAY_ADDRESS``; else a cluster started on this machine
+    with ``ray start``; else start a local instance.  ``"local"`` always starts a private instance."""
     if ray.is_initialized():
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
-    ray.init(address=address, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    ray.init(address=address or None, log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker needs besides the data: how to train and score."""
+def plan_workers(workers: int | None, gpus_per_worker: float) -> tuple[int, dict[str, Any], str]:
+    """How many fitness workers, with which resource request, and on what kind of device.
 
-    method: str
-    hsc_radial: str
-    settings: TrainSettings
-
-
-class _FitnessWorker:
-    """Trains candidates for one task on one device; the task is loaded once."""
-
-    def __init__(self, task: OneVsRest, spec: WorkerSpec) -> None:
-        import torch
-
-        assigned = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
-        self.device = torch.device("cuda" if assigned.get("GPU") and torch.cuda.is_available() else "cpu")
-        if self.device.type == "cpu":
-            # One thread per reserved CPU: oversubscribing cores slows every worker.
-            torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
-        self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device)
-        self.objective = make_objective(spec.method, spec.hsc_radial)
-        self.settings = spec.settings
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def evaluate(self, job: Job, oe_images: np.ndarray) -> dict[str, Any]:
-        """Train and score one job; a diverged training is a failed row, not an exception."""
-        start = time.perf_counter()
-        try:
-            result = train_and_evaluate(self.task, oe_images, self.objective, self.settings, job.seed)
-            outcome = {"auc": result.auc, "status": "ok", "reason": None}
-        except NonFiniteLossError as err:
-            outcome = {"auc": None, "status": "failed", "reason": f"non-finite loss: {err}"}
-        return job.row(
-            **outcome,
-            seconds=round(time.perf_counter() - start, 4),
-            worker=self.worker,
-            device=str(self.device),
-        )
+    Without an explicit count, it is what the live nodes can host *at once*: per
+    node, GPU shares limited by its CPUs (each worker holds one CPU).  An
+    explicit count larger than that leaves the rest pending, which is how an
+    autoscaling cluster is asked for more nodes.
+    """
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    has_gpu = any(r.get("GPU", 0) > 0 for r in nodes)
+    if has_gpu:
+        options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
+        fit = sum(min(int(r.get("GPU", 0) / gpus_per_worker + 1e-9), int(r.get("CPU", 0))) for r in nodes)
+    else:
+        options = {"num_cpus": 1}
+        fit = sum(int(r.get("CPU", 0)) for r in nodes)
+    return workers or max(1, fit), options, "gpu" if has_gpu else "cpu"
 
 
-FitnessWorker = ray.remote(_FitnessWorker)
+@dataclass(eq=False)
+class _Flight:
+    job: Job
+    attempt: int  # 0 for the first try
+    ref: ray.ObjectRef
+    slot: int
+
+
+@dataclass(eq=False)
+class _Slot:
+    actor: Any
+    ready_ref: Optional[ray.ObjectRef]  # pending readiness probe; None once ready
+    queue: deque = field(default_factory=deque)  # flights in submission order; the head is running
+    head_since: float = 0.0  # when the head job started running (as the driver sees it)
+    info: dict = field(default_factory=dict)  # what ready() answered: node, pid
+    start_failures: int = 0
 
 
 class Dispatcher:
-    """Runs jobs on a pool of :class:`FitnessWorker` actors and hands back rows as they finish."""
+    """Runs jobs on a pool of worker actors and hands back rows as they finish."""
 
     def __init__(
         self,
-        task: OneVsRest,
-        spec: WorkerSpec,
-        corpus_images: np.ndarray,
-        workers: int | None = None,
-        gpus_per_worker: float = 0.25,
+        actor_class: Any,
+        actor_args: tuple,
+        payload: Callable[[Job], tuple],
+        count: int,
+        options: dict[str, Any],
         max_retries: int = 2,
+        eval_timeout: float | None = None,
         name: str = "oesearch",
+        max_start_failures: int = 3,
     ) -> None:
-        resources = ray.cluster_resources()
-        gpus = resources.get("GPU", 0.0)
-        if gpus > 0:
-            count = workers or max(1, int(gpus / gpus_per_worker))
-            options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
-        else:
-            count = workers or max(1, int(resources.get("CPU", 1)))
-            options = {"num_cpus": 1}
-        self.device_kind = "gpu" if gpus > 0 else "cpu"
-        self.corpus_images = corpus_images
+        self.actor_class = actor_class
+        self.actor_args = actor_args
+        self.payload = payload
+        self.options = options
         self.max_retries = max_retries
-        self._task_ref = ray.put(task)  # one copy in the object store, shared by every worker
-        self._spec = spec
-        self._options = options
-        self._name = name
-        self.replaced = 0
-        self.workers = [self._start_worker(i) for i in range(count)]
+        self.eval_timeout = eval_timeout
+        self.name = name
+        self.max_start_failures = max_start_failures
+        self.replaced = 0  # workers started to replace dead or hung ones
+        self.retries = 0  # job attempts beyond the first
+        self.slots = [self._new_slot(i) for i in range(count)]
 
-    def _start_worker(self, slot: int) -> ray.actor.ActorHandle:
-        label = f"{self._name}-worker-{slot}" + (f"-r{self.replaced}" if self.replaced else "")
-        return FitnessWorker.options(name=label, **self._options).remote(self._task_ref, self._spec)
+    # --- workers ---------------------------------------------------------------------------
+    def _new_slot(self, i: int, start_failures: int = 0) -> _Slot:
+        label = f"{self.name}-worker-{i}" + (f"-r{self.replaced}" if self.replaced else "")
+        actor = self.actor_class.options(name=label, **self.options).remote(*self.actor_args)
+        return _Slot(actor=actor, ready_ref=actor.ready.remote(), start_failures=start_failures)
 
+    def _replace(self, i: int, kill: bool, start_failed: bool = False) -> None:
+        old = self.slots[i]
+        if kill:
+            ray.kill(old.actor, no_restart=True)
+        failures = old.start_failures + 1 if start_failed else 0
+        if failures >= self.max_start_failures and not any(s.ready_ref is None for s in self.slots):
+            raise RuntimeError(f"fitness workers fail to start ({failures} times in a row); see the worker logs above")
+        self.replaced += 1
+        self.slots[i] = self._new_slot(i, failures)
+
+    def wait_ready(self, timeout: float | None = None) -> int:
+        """Block until every worker is ready (or ``timeout``); return how many are."""
+        probes = [s.ready_ref for s in self.slots if s.ready_ref is not None]
+        ready, _ = ray.wait(probes, num_returns=len(probes), timeout=timeout)
+        for i, slot in enumerate(self.slots):
+            if slot.ready_ref in ready:
+                self._on_ready(i)
+        return sum(s.ready_ref is None for s in self.slots)
+
+    def _on_ready(self, i: int) -> None:
+        slot = self.slots[i]
+        try:
+            slot.info = ray.get(slot.ready_ref)
+            slot.ready_ref = None
+        except RayError as err:
+            log.warning("worker %d failed to start (%s); starting another", i, type(err).__name__)
+            self._replace(i, kill=False, start_failed=True)
+
+    @property
+    def ready_count(self) -> int:
+        return sum(s.ready_ref is None for s in self.slots)
+
+    # --- the loop ----------------------------------------------------------------------------
     def run(self, jobs: Iterable[Job], on_row: Callable[[dict[str, Any]], None]) -> None:
-        """Evaluate ``jobs``, calling ``on_row`` with each finished row as soon as it arrives."""
-        pending = deque(jobs)
-        in_flight: dict[ray.ObjectRef, tuple[Job, int, int, Any]] = {}  # ref -> (job, slot, attempt, actor)
-        load = [0] * len(self.workers)
+        """Evaluate ``jobs``, calling ``on_row`` once per job as soon as its final row exists."""
+        pending: deque[tuple[Job, int]] = deque((job, 0) for job in jobs)
+        flights: dict[ray.ObjectRef, _Flight] = {}
+        last_progress = time.monotonic()
 
         def submit(job: Job, attempt: int) -> None:
-            w = min(range(len(self.workers)), key=load.__getitem__)
-            oe = np.ascontiguousarray(self.corpus_images[list(job.indices)])
-            ref = self.workers[w].evaluate.options(name=job.name).remote(job, oe)
-            in_flight[ref] = (job, w, attempt, self.workers[w])
-            load[w] += 1
+            i = min((i for i, s in enumerate(self.slots) if s.ready_ref is None), key=lambda i: len(self.slots[i].queue))
+            slot = self.slots[i]
+            ref = slot.actor.evaluate.options(name=job.name).remote(job, *self.payload(job))
+            if not slot.queue:
+                slot.head_since = time.monotonic()
+            flight = _Flight(job, attempt, ref, i)
+            slot.queue.append(flight)
+            flights[ref] = flight
 
         def fill() -> None:
-            while pending and min(load) < _IN_FLIGHT_PER_WORKER:
-                submit(pending.popleft(), 0)
+            while pending and any(s.ready_ref is None and len(s.queue) < IN_FLIGHT_PER_WORKER for s in self.slots):
+                submit(*pending.popleft())
 
-        fill()
-        while in_flight:
-            done, _ = ray.wait(list(in_flight), num_returns=1)
+        def retry_or_fail(flight: _Flight, reason: str, row: dict[str, Any] | None = None) -> None:
+            if flight.attempt < self.max_retries:
+                self.retries += 1
+                pending.appendleft((flight.job, flight.attempt + 1))
+                return
+            if row is None:
+                row = flight.job.row(auc=None, status="failed", reason=None, seconds=None, worker=None, node=None, device=None)
+            row["reason"] = f"{reason} (attempt {flight.attempt + 1} of {self.max_retries + 1})"[:2000]
+            finish(flight, row)
+
+        def finish(flight: _Flight, row: dict[str, Any]) -> None:
+            row["attempts"] = flight.attempt + 1
+            on_row(row)
+
+        def lose_slot(i: int, reason: str, kill: bool) -> None:
+            """The worker in slot ``i`` is gone: retry its running job, requeue the rest untouched."""
+            slot = self.slots[i]
+            queued = list(slot.queue)
+            for flight in queued:
+                flights.pop(flight.ref, None)
+            self._replace(i, kill=kill)
+            for flight in reversed(queued[1:]):
+                pending.appendleft((flight.job, flight.attempt))
+            if queued:
+                retry_or_fail(queued[0], reason)
+
+        while pending or flights:
+            fill()
+            probes = {s.ready_ref: i for i, s in enumerate(self.slots) if s.ready_ref is not None}
+            waiting = list(flights) + list(probes)
+            done, _ = ray.wait(waiting, num_returns=1, timeout=self._wait_timeout())
+            now = time.monotonic()
+            if not done:
+                self._kill_hung(now, lose_slot)
+                if not flights and now - last_progress > _STALL_LOG_SECONDS:
+                    log.warning("no fitness worker is ready yet (%d starting); waiting for resources", len(probes))
+                    last_progress = now
+                continue
             ref = done[0]
-            job, w, attempt, actor = in_flight.pop(ref)
-            load[w] -= 1
+            if ref in probes:
+                self._on_ready(probes[ref])
+                continue
+            last_progress = now
+            flight = flights[ref]
             try:
                 row = ray.get(ref)
-            except (RayActorError, RayTaskError) as err:
-                if isinstance(err, RayActorError) and self.workers[w] is actor:
-                    # The worker process died: start a fresh one in its slot.
-                    self.replaced += 1
-                    self.workers[w] = self._start_worker(w)
-                if attempt < self.max_retries:
-                    submit(job, attempt + 1)
-                    continue
-                row = job.row(auc=None, status="failed", reason=f"{type(err).__name__} after {attempt + 1} attempts: {err}"[:2000],
-                              seconds=None, worker=None, device=None)
-            row["attempts"] = attempt + 1
-            on_row(row)
-            fill()
+            except RayActorError as err:
+                # The worker (or its node) died: every flight it held is handled here, at once.
+                lose_slot(flight.slot, f"worker died: {type(err).__name__}: {err}".splitlines()[0], False)
+                continue
+            except RayTaskError as err:
+                row = None
+                reason = f"evaluation raised: {err.cause!r}" if err.cause is not None else str(err).splitlines()[0]
+            del flights[ref]
+            slot = self.slots[flight.slot]
+            slot.queue.remove(flight)
+            slot.head_since = now
+            if row is None:
+                retry_or_fail(flight, reason)
+            elif row.get("status") != "ok":
+                retry_or_fail(flight, row.get("reason") or "failed", row)
+            else:
+                finish(flight, row)
+
+    def _wait_timeout(self) -> float | None:
+        """Until the earliest running job would pass ``eval_timeout``; stall checks otherwise."""
+        heads = [s.head_since for s in self.slots if s.queue]
+        if self.eval_timeout is None or not heads:
+            return _STALL_LOG_SECONDS if self.ready_count == 0 else None
+        return max(0.0, min(heads) + self.eval_timeout - time.monotonic()) + 0.05
+
+    def _kill_hung(self, now: float, lose_slot: Callable[[int, str, bool], None]) -> None:
+        if self.eval_timeout is None:
+            return
+        for i, slot in enumerate(self.slots):
+            if slot.queue and now - slot.head_since > self.eval_timeout:
+                log.warning("%s ran past %.0fs; killing its worker", slot.queue[0].job.name, self.eval_timeout)
+                lose_slot(i, f"timed out after {self.eval_timeout:g}s", True)
 
     def shutdown(self) -> None:
-        for worker in self.workers:
-            ray.kill(worker)
+        for slot in self.slots:
+            ray.kill(slot.actor, no_restart=True)

@@ -8,16 +8,20 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import ray
 import yaml
 
 from oesearch.config import Config, ConfigError, config_to_dict
 from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
 from oesearch.results import RunDir, write_outputs
-from oesearch.search.dispatch import Dispatcher, WorkerSpec, connect
-from oesearch.search.evolution import Evolution
-from oesearch.search.fitness import FitnessCache
+from oesearch.results.storage import Mirror, is_uri
+from oesearch.search.dispatch import Dispatcher, connect, plan_workers
+from oesearch.search.evolution import Evolution, EvolutionState
+from oesearch.search.fitness import FitnessCache, Job
+from oesearch.search.metrics import RunMetrics
 from oesearch.search.neighbours import NeighbourIndex, duplicate_groups_of
 from oesearch.search.problem import FitnessProblem
+from oesearch.search.worker import FitnessWorker, WorkerSpec
 from oesearch.seeding import derive_seed
 from oesearch.training import TrainSettings
 
@@ -78,6 +82,24 @@ def validation_seeds(config: Config) -> list[int]:
     return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
 
 
+def _dispatcher(config: Config, data: SearchData, run_id: str, objective_factory: Callable[[], Any] | None) -> tuple[Dispatcher, str]:
+    """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images."""
+    r, t = config.run, config.train
+    spec = WorkerSpec(t.method, t.hsc_radial, TrainSettings(
+        epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
+        weight_decay=t.weight_decay), objective_factory)
+    count, options, kind = plan_workers(r.workers, r.gpus_per_worker)
+    images = data.corpus.images
+
+    def payload(job: Job) -> tuple[np.ndarray]:
+        return (np.ascontiguousarray(images[list(job.indices)]),)
+
+    task_ref = ray.put(data.task)  # one copy in the object store, shared by every worker
+    dispatcher = Dispatcher(FitnessWorker, (task_ref, spec), payload, count, options, max_retries=r.max_retries,
+                            eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}")
+    return dispatcher, kind
+
+
 def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
     """Load the data and check the config against it, before anything is written."""
     data = load_search_data(config, log)
@@ -86,26 +108,40 @@ def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
 
 
 def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
-               log: Callable[[str], None] = print, progress: bool = True) -> dict[str, Any]:
-    """Run (or, when ``rundir`` holds a checkpoint or journal, continue) a search; return its summary."""
+               log: Callable[[str], None] = print, progress: bool = True,
+               objective_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+    """Run (or, when ``rundir`` holds a checkpoint or journal, continue) a search; return its summary.
+
+    ``objective_factory`` replaces ``train.method`` with a custom objective (see
+    :class:`~oesearch.search.worker.WorkerSpec`).
+    """
     wall_start = time.perf_counter()
     state = rundir.load_checkpoint()
     earlier_seconds = state.elapsed if state is not None else 0.0  # time spent before a kill
     if not rundir.file("config.yaml").exists():
         rundir.write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     data = data or prepare(config, log)
+    mirror = Mirror(config.run.storage, rundir.path) if config.run.storage and is_uri(config.run.storage) else None
 
     connect(config.run.address)
-    spec = WorkerSpec(config.train.method, config.train.hsc_radial, TrainSettings(
-        epochs=config.train.epochs, lr=config.train.lr, milestones=tuple(config.train.milestones),
-        batch_size=config.train.batch_size, weight_decay=config.train.weight_decay))
-    dispatcher = Dispatcher(data.task, spec, data.corpus.images, workers=config.run.workers,
-                            gpus_per_worker=config.run.gpus_per_worker, max_retries=config.run.max_retries,
-                            name=f"oesearch-{rundir.path.name}")
+    dispatcher, device_kind = _dispatcher(config, data, rundir.path.name, objective_factory)
+    metrics = RunMetrics(rundir.path.name, config.train.method, config.search.mode)
     rows = rundir.journal_rows()
     if rows or state is not None:
         log(f"resuming: {len(rows)} finished evaluations in the journal, "
             f"checkpoint after generation {state.generation if state else 'none'}")
+
+    def journal(row: dict[str, Any]) -> None:
+        rundir.append(row)
+        metrics.record_row(row)
+
+    def after_generation(finished: EvolutionState) -> None:
+        rundir.save_checkpoint(finished)
+        last = finished.logbook[-1]
+        metrics.record_generation(finished.generation, last["min"], last["max"])
+        if mirror:
+            mirror.sync()
+
     problem = FitnessProblem(
         normal_class=config.data.normal_class,
         corpus_size=len(data.corpus),
@@ -113,14 +149,14 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
         search_seeds=search_seeds(config),
         validation_seeds=validation_seeds(config),
         run_jobs=dispatcher.run,
-        journal=rundir.append,
+        journal=journal,
         cache=FitnessCache(rows),
         progress=progress,
     )
     log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
-        f"{config.search.population}, {config.search.generations} generations, {len(dispatcher.workers)} "
-        f"{dispatcher.device_kind} workers")
-    evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=rundir.save_checkpoint, log=log)
+        f"{config.search.population}, {config.search.generations} generations, {len(dispatcher.slots)} "
+        f"{device_kind} workers; run id {rundir.path.name}")
+    evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=after_generation, log=log)
     try:
         state = evolution.run(state)
         validated = problem.validate([list(ind) for ind in state.hall_of_fame])
@@ -139,6 +175,8 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
         corpus_images=data.corpus.images,
         wall_seconds=earlier_seconds + (time.perf_counter() - wall_start),
     )
+    if mirror:
+        mirror.sync()
     for entry in summary["top"]:
         log(f"hall of fame #{entry['rank']}: indices {entry['indices']} search {entry['search_fitness']:.4f} "
             f"validated {entry['validated_fitness']:.4f} +- {entry['validated_std']:.4f}")

@@ -1,0 +1,84 @@
+"""The fitness worker: a Ray actor that holds one task on its device and trains candidates.
+
+The normal training and test sets arrive once, through the object store, and
+stay on the worker's device as normalised tensors.  A job carries only its
+corpus image(s) and seed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+import numpy as np
+import ray
+
+from oesearch.data.splits import OneVsRest
+from oesearch.search.fitness import Job
+from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
+from oesearch.training.objectives import Objective
+
+__all__ = ["WorkerSpec", "FitnessWorker", "worker_identity"]
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker needs besides the data: how to train and score.
+
+    ``objective_factory`` replaces the built-in ``method`` when given: a
+    picklable callable returning an :class:`~oesearch.training.objectives.Objective`
+    (library users plug in their own objective this way).
+    """
+
+    method: str
+    hsc_radial: str
+    settings: TrainSettings
+    objective_factory: Optional[Callable[[], Objective]] = None
+
+    def objective(self) -> Objective:
+        if self.objective_factory is not None:
+            return self.objective_factory()
+        return make_objective(self.method, self.hsc_radial)
+
+
+def worker_identity() -> dict[str, str]:
+    """Where this process runs: host:pid and the Ray node (for the journal and the tests)."""
+    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": node[:12]}
+
+
+class _FitnessWorker:
+    """Trains candidates for one task on one device; the task is loaded once."""
+
+    def __init__(self, task: OneVsRest, spec: WorkerSpec) -> None:
+        import torch
+
+        assigned = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
+        self.device = torch.device("cuda" if assigned.get("GPU") and torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            # One thread per reserved CPU: oversubscribing cores slows every worker.
+            torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+        self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device)
+        self.objective = spec.objective()
+        self.settings = spec.settings
+        self.identity = worker_identity()
+
+    def ready(self) -> dict[str, str]:
+        """Answered once the data is on the device; the dispatcher feeds only ready workers."""
+        return {**self.identity, "pid": os.getpid()}
+
+    def evaluate(self, job: Job, oe_images: np.ndarray) -> dict[str, Any]:
+        """Train and score one job; a diverged training is a failed row, not an exception."""
+        start = time.perf_counter()
+        try:
+            result = train_and_evaluate(self.task, oe_images, self.objective, self.settings, job.seed)
+            outcome = {"auc": result.auc, "status": "ok", "reason": None}
+        except NonFiniteLossError as err:
+            outcome = {"auc": None, "status": "failed", "reason": f"non-finite loss: {err}"}
+        return job.row(**outcome, seconds=round(time.perf_counter() - start, 4), device=str(self.device), **self.identity)
+
+
+FitnessWorker = ray.remote(_FitnessWorker)
