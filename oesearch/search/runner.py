@@ -82,12 +82,12 @@ def validation_seeds(config: Config) -> list[int]:
     return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
 
 
-def _dispatcher(config: Config, data: SearchData, run_id: str, objective_factory: Callable[[], Any] | None) -> tuple[Dispatcher, str]:
+def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any) -> tuple[Dispatcher, str]:
     """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images."""
     r, t = config.run, config.train
     spec = WorkerSpec(t.method, t.hsc_radial, TrainSettings(
         epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
-        weight_decay=t.weight_decay), objective_factory)
+        weight_decay=t.weight_decay))
     count, options, kind = plan_workers(r.workers, r.gpus_per_worker)
     images = data.corpus.images
 
@@ -95,7 +95,7 @@ def _dispatcher(config: Config, data: SearchData, run_id: str, objective_factory
         return (np.ascontiguousarray(images[list(job.indices)]),)
 
     task_ref = ray.put(data.task)  # one copy in the object store, shared by every worker
-    dispatcher = Dispatcher(FitnessWorker, (task_ref, spec), payload, count, options, max_retries=r.max_retries,
+    dispatcher = Dispatcher(worker_class, (task_ref, spec), payload, count, options, max_retries=r.max_retries,
                             eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}")
     return dispatcher, kind
 
@@ -109,11 +109,11 @@ def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
 
 def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
                log: Callable[[str], None] = print, progress: bool = True,
-               objective_factory: Callable[[], Any] | None = None) -> dict[str, Any]:
+               worker_class: Any = FitnessWorker) -> dict[str, Any]:
     """Run (or, when ``rundir`` holds a checkpoint or journal, continue) a search; return its summary.
 
-    ``objective_factory`` replaces ``train.method`` with a custom objective (see
-    :class:`~oesearch.search.worker.WorkerSpec`).
+    ``worker_class`` is the Ray actor class that evaluates jobs: a subclass of
+    :class:`~oesearch.search.worker.FitnessWorkerBase` wrapped by ``ray.remote``.
     """
     wall_start = time.perf_counter()
     state = rundir.load_checkpoint()
@@ -124,7 +124,7 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
     mirror = Mirror(config.run.storage, rundir.path) if config.run.storage and is_uri(config.run.storage) else None
 
     connect(config.run.address)
-    dispatcher, device_kind = _dispatcher(config, data, rundir.path.name, objective_factory)
+    dispatcher, device_kind = _dispatcher(config, data, rundir.path.name, worker_class)
     metrics = RunMetrics(rundir.path.name, config.train.method, config.search.mode)
     rows = rundir.journal_rows()
     if rows or state is not None:

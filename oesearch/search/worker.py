@@ -11,7 +11,7 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import ray
@@ -19,29 +19,17 @@ import ray
 from oesearch.data.splits import OneVsRest
 from oesearch.search.fitness import Job
 from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
-from oesearch.training.objectives import Objective
 
-__all__ = ["WorkerSpec", "FitnessWorker", "worker_identity"]
+__all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "worker_identity"]
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    """What a worker needs besides the data: how to train and score.
-
-    ``objective_factory`` replaces the built-in ``method`` when given: a
-    picklable callable returning an :class:`~oesearch.training.objectives.Objective`
-    (library users plug in their own objective this way).
-    """
+    """What a worker needs besides the data: how to train and score."""
 
     method: str
     hsc_radial: str
     settings: TrainSettings
-    objective_factory: Optional[Callable[[], Objective]] = None
-
-    def objective(self) -> Objective:
-        if self.objective_factory is not None:
-            return self.objective_factory()
-        return make_objective(self.method, self.hsc_radial)
 
 
 def worker_identity() -> dict[str, str]:
@@ -62,7 +50,7 @@ class _FitnessWorker:
             # One thread per reserved CPU: oversubscribing cores slows every worker.
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
         self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device)
-        self.objective = spec.objective()
+        self.objective = make_objective(spec.method, spec.hsc_radial)
         self.settings = spec.settings
         self.identity = worker_identity()
 
@@ -81,4 +69,5 @@ class _FitnessWorker:
         return job.row(**outcome, seconds=round(time.perf_counter() - start, 4), device=str(self.device), **self.identity)
 
 
+FitnessWorkerBase = _FitnessWorker  # subclass this (then wrap with ray.remote) to change how a job is evaluated
 FitnessWorker = ray.remote(_FitnessWorker)

@@ -1,0 +1,35 @@
+"""A fitness worker with real faults injected for chosen corpus indices (for the fault tests).
+
+For ``raise_on`` the evaluation raises; for ``nan_on`` the real training runs
+with a learning rate that makes its loss diverge; for ``hang_on`` it never
+returns.  Every other job is the real evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import ray
+
+from oesearch.search.worker import FitnessWorkerBase
+
+
+def faulty_worker_class(raise_on: set[int], nan_on: set[int], hang_on: set[int]):
+    class FaultyWorker(FitnessWorkerBase):
+        def evaluate(self, job, oe_images):
+            first = job.indices[0]
+            if first in raise_on:
+                raise RuntimeError(f"injected failure for index {first}")
+            if first in hang_on:
+                time.sleep(3600)
+            if first in nan_on:
+                normal_settings = self.settings
+                self.settings = dataclasses.replace(normal_settings, lr=1e20)
+                try:
+                    return super().evaluate(job, oe_images)
+                finally:
+                    self.settings = normal_settings
+            return super().evaluate(job, oe_images)
+
+    return ray.remote(FaultyWorker)

@@ -1,0 +1,113 @@
+"""Faults inside a real search: an evaluation that raises, one whose loss is NaN, one that hangs.
+
+The search runs in this process on a private Ray instance, so the test can
+also read Ray's metrics endpoint and compare the counters with the journal.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import ray
+
+import faulty_worker
+from conftest import tiny_config
+from oesearch.config import config_from_dict
+from oesearch.results import RunDir
+from oesearch.search.evolution import initial_indices
+from oesearch.search.fitness import job_key
+from oesearch.search.runner import prepare, run_search, search_seeds
+
+EVAL_TIMEOUT = 4.0
+MAX_RETRIES = 1
+
+
+@pytest.fixture(scope="module")
+def faulty_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
+    config = config_from_dict(tiny_config(cache_dir, population=6, generations=2)
+                              | {"run": {"workers": 2, "seed": 3, "max_retries": MAX_RETRIES,
+                                         "eval_timeout": EVAL_TIMEOUT, "address": "local"}})
+    data = prepare(config, log=lambda _: None)
+    first = [int(i) for i in initial_indices(config.run.seed, len(data.corpus))[:3]]  # generation 0, slots 0-2
+    faults = {"raise": first[0], "nan": first[1], "hang": first[2]}
+    ray.cloudpickle.register_pickle_by_value(faulty_worker)  # workers cannot import the tests folder
+    ray.init(address="local", include_dashboard=False, _system_config={"metrics_report_interval_ms": 500},
+             logging_level="ERROR")
+    try:
+        rundir = RunDir.create(tmp_path_factory.mktemp("faults"), "faulty")
+        worker = faulty_worker.faulty_worker_class({faults["raise"]}, {faults["nan"]}, {faults["hang"]})
+        summary = run_search(config, rundir, data=data, log=lambda _: None, progress=False, worker_class=worker)
+        yield config, faults, rundir, summary
+    finally:
+        ray.shutdown()
+
+
+def _rows_for(rows: list[dict], index: int) -> list[dict]:
+    return [r for r in rows if r["indices"] == [index]]
+
+
+@pytest.mark.parametrize("fault, reason", [
+    ("raise", r"evaluation raised: RuntimeError\('injected failure for index \d+'\)"),
+    ("nan", r"non-finite loss"),
+    ("hang", rf"timed out after {EVAL_TIMEOUT:g}s"),
+])
+def test_each_fault_is_retried_then_recorded_with_its_reason(faulty_run, fault: str, reason: str) -> None:
+    config, faults, rundir, _ = faulty_run
+    rows = _rows_for(rundir.journal_rows(), faults[fault])
+    assert sorted(r["seed"] for r in rows) == sorted(search_seeds(config)), "one row per seed, none lost or doubled"
+    for row in rows:
+        assert row["status"] == "failed" and row["auc"] is None
+        assert re.search(reason, row["reason"]), row["reason"]
+        assert row["attempts"] == MAX_RETRIES + 1
+        assert f"(attempt {MAX_RETRIES + 1} of {MAX_RETRIES + 1})" in row["reason"]
+
+
+def test_the_search_goes_on_and_failed_samples_cannot_win(faulty_run) -> None:
+    config, faults, rundir, summary = faulty_run
+    rows = rundir.journal_rows()
+    keys = [job_key(r["normal_class"], r["indices"], r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)), "every evaluation is journaled exactly once"
+    assert {r["generation"] for r in rows if r["purpose"] == "search"} == set(range(config.search.generations + 1))
+    failed = {r["indices"][0] for r in rows if r["status"] != "ok"}
+    assert failed == set(faults.values()), "only the injected faults fail"
+    winners = {i for entry in summary["top"] for i in entry["indices"]}
+    assert not winners & failed and all(math.isfinite(e["search_fitness"]) for e in summary["top"])
+    assert summary["failed_evaluations"] == len(faults) * config.search.repetitions
+
+
+def _scrape(run_id: str) -> dict[str, float]:
+    """Our counters with this run's tag, from the node's Prometheus endpoint."""
+    node = ray.nodes()[0]
+    text = urllib.request.urlopen(f"http://{node['NodeManagerAddress']}:{node['MetricsExportPort']}/metrics",
+                                  timeout=10).read().decode()
+    values = {}
+    for line in text.splitlines():
+        match = re.match(r"ray_(oesearch_\w+?)(?:_total)?\{(.*)\} (\S+)$", line)
+        if match and f'run_id="{run_id}"' in match.group(2):
+            values[match.group(1)] = values.get(match.group(1), 0.0) + float(match.group(3))
+    return values
+
+
+def test_metrics_read_back_match_the_journal(faulty_run) -> None:
+    config, _, rundir, _ = faulty_run
+    rows = rundir.journal_rows()
+    expected = {
+        "oesearch_evaluations_done": sum(r["status"] == "ok" for r in rows),
+        "oesearch_evaluations_failed": sum(r["status"] != "ok" for r in rows),
+        "oesearch_generation": config.search.generations,
+        "oesearch_evaluation_seconds_count": sum(r["seconds"] is not None for r in rows),
+    }
+    deadline, seen = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        seen = _scrape(rundir.path.name)
+        if all(seen.get(k) == v for k, v in expected.items()):
+            break
+        time.sleep(0.5)
+    assert {k: seen.get(k) for k in expected} == expected
+    search = [r["auc"] for r in rows if r["purpose"] == "search" and r["status"] == "ok"]
+    assert min(search) <= seen["oesearch_worst_fitness"] <= seen["oesearch_best_fitness"] <= max(search)
