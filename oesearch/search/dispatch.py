@@ -80,6 +80,11 @@ class _Slot:
     head_since: float = 0.0  # when the head job started running (as the driver sees it)
     info: dict = field(default_factory=dict)  # what ready() answered: node, pid
     start_failures: int = 0
+    retired: bool = False  # failed to start too often while others work: left empty
+
+    @property
+    def usable(self) -> bool:
+        return self.ready_ref is None and not self.retired
 
 
 class Dispatcher:
@@ -120,8 +125,12 @@ class Dispatcher:
         if kill:
             ray.kill(old.actor, no_restart=True)
         failures = old.start_failures + 1 if start_failed else 0
-        if failures >= self.max_start_failures and not any(s.ready_ref is None for s in self.slots):
-            raise RuntimeError(f"fitness workers fail to start ({failures} times in a row); see the worker logs above")
+        if failures >= self.max_start_failures:
+            if not any(s.usable for s in self.slots):
+                raise RuntimeError(f"fitness workers fail to start ({failures} times in a row); see the worker logs above")
+            log.warning("worker slot %d failed to start %d times; going on without it", i, failures)
+            old.retired, old.ready_ref = True, None
+            return
         self.replaced += 1
         self.slots[i] = self._new_slot(i, failures)
 
@@ -132,7 +141,7 @@ class Dispatcher:
         for i, slot in enumerate(self.slots):
             if slot.ready_ref in ready:
                 self._on_ready(i)
-        return sum(s.ready_ref is None for s in self.slots)
+        return self.ready_count
 
     def _on_ready(self, i: int) -> None:
         slot = self.slots[i]
@@ -145,7 +154,7 @@ class Dispatcher:
 
     @property
     def ready_count(self) -> int:
-        return sum(s.ready_ref is None for s in self.slots)
+        return sum(s.usable for s in self.slots)
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self, jobs: Iterable[Job], on_row: Callable[[dict[str, Any]], None]) -> None:
@@ -155,7 +164,7 @@ class Dispatcher:
         last_progress = time.monotonic()
 
         def submit(job: Job, attempt: int) -> None:
-            i = min((i for i, s in enumerate(self.slots) if s.ready_ref is None), key=lambda i: len(self.slots[i].queue))
+            i = min((i for i, s in enumerate(self.slots) if s.usable), key=lambda i: len(self.slots[i].queue))
             slot = self.slots[i]
             ref = slot.actor.evaluate.options(name=job.name).remote(job, *self.payload(job))
             if not slot.queue:
@@ -165,7 +174,7 @@ class Dispatcher:
             flights[ref] = flight
 
         def fill() -> None:
-            while pending and any(s.ready_ref is None and len(s.queue) < IN_FLIGHT_PER_WORKER for s in self.slots):
+            while pending and any(s.usable and len(s.queue) < IN_FLIGHT_PER_WORKER for s in self.slots):
                 submit(*pending.popleft())
 
         def retry_or_fail(flight: _Flight, reason: str, row: dict[str, Any] | None = None) -> None:
@@ -221,6 +230,9 @@ class Dispatcher:
             except RayTaskError as err:
                 row = None
                 reason = f"evaluation raised: {err.cause!r}" if err.cause is not None else str(err).splitlines()[0]
+            except RayError as err:  # e.g. the result object was lost with a node: the worker may be fine
+                row = None
+                reason = f"result lost: {type(err).__name__}: {err}".splitlines()[0]
             del flights[ref]
             slot = self.slots[flight.slot]
             slot.queue.remove(flight)
@@ -249,4 +261,5 @@ class Dispatcher:
 
     def shutdown(self) -> None:
         for slot in self.slots:
-            ray.kill(slot.actor, no_restart=True)
+            if not slot.retired:
+                ray.kill(slot.actor, no_restart=True)
