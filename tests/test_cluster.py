@@ -163,3 +163,31 @@ def test_search_spreads_over_nodes_and_survives_losing_one(tmp_path: Path, cache
     assert victim.node_id[:12] in before and victim.node_id[:12] not in after, "nothing ran on the removed node"
     assert len(after) == 2
     assert any(r["attempts"] > 1 for r in rows), "the training lost with the node ran again"
+
+
+def test_a_cpu_only_head_waits_for_gpu_nodes_before_sizing_workers() -> None:
+    """As with cluster.yaml right after `ray up`: the head has no CPUs for workers and GPU nodes are booting."""
+    import threading
+
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from oesearch.search.dispatch import plan_workers
+
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    ray.init(address=cluster.address, logging_level="ERROR")
+    try:
+        said, planned = [], []
+        planner = threading.Thread(target=lambda: planned.append(plan_workers(None, 0.5, wait_seconds=120, log=said.append)))
+        planner.start()
+        time.sleep(3.0)
+        assert planner.is_alive() and not planned, "nothing can host a worker yet: it waits"
+        cluster.add_node(num_cpus=4, num_gpus=2)  # Ray starts nodes from the main thread only
+        planner.join(timeout=120)
+        assert planned[0] == (4, {"num_cpus": 1, "num_gpus": 0.5}, "gpu"), "2 GPUs / 0.5 each, 4 CPUs"
+        assert said and "waiting for worker nodes" in said[0]
+        assert plan_workers(None, 0.25) == (4, {"num_cpus": 1, "num_gpus": 0.25}, "gpu"), "8 shares, but 4 CPUs"
+        assert plan_workers(12, 0.25)[0] == 12, "an explicit count may exceed the nodes: the rest wait for the autoscaler"
+    finally:
+        ray.shutdown()
+        cluster.shutdown()

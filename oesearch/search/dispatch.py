@@ -45,23 +45,37 @@ def connect(address: str | None) -> None:
     ray.init(address=address or None, log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
-def plan_workers(workers: int | None, gpus_per_worker: float) -> tuple[int, dict[str, Any], str]:
+def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: float = 900.0,
+                 log: Callable[[str], None] = print) -> tuple[int, dict[str, Any], str]:
     """How many fitness workers, with which resource request, and on what kind of device.
 
     Without an explicit count, it is what the live nodes can host *at once*: per
     node, GPU shares limited by its CPUs (each worker holds one CPU).  An
     explicit count larger than that leaves the rest pending, which is how an
-    autoscaling cluster is asked for more nodes.
+    autoscaling cluster is asked for more nodes.  While no node can host a
+    worker at all (a CPU-only head whose GPU workers are still booting), it
+    waits for one, up to ``wait_seconds``, so that the device kind is known.
     """
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    has_gpu = any(r.get("GPU", 0) > 0 for r in nodes)
-    if has_gpu:
-        options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
-        fit = sum(min(int(r.get("GPU", 0) / gpus_per_worker + 1e-9), int(r.get("CPU", 0))) for r in nodes)
-    else:
-        options = {"num_cpus": 1}
-        fit = sum(int(r.get("CPU", 0)) for r in nodes)
-    return workers or max(1, fit), options, "gpu" if has_gpu else "cpu"
+    deadline = time.monotonic() + wait_seconds
+    said = False
+    while True:
+        nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+        has_gpu = any(r.get("GPU", 0) > 0 for r in nodes)
+        if has_gpu:
+            options: dict[str, Any] = {"num_cpus": 1, "num_gpus": gpus_per_worker}
+            fit = sum(min(int(r.get("GPU", 0) / gpus_per_worker + 1e-9), int(r.get("CPU", 0))) for r in nodes)
+        else:
+            options = {"num_cpus": 1}
+            fit = sum(int(r.get("CPU", 0)) for r in nodes)
+        if fit > 0:
+            return workers or fit, options, "gpu" if has_gpu else "cpu"
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no node of the Ray cluster can host a fitness worker after {wait_seconds:.0f}s "
+                               "(the head has no CPUs for workers, and no worker node joined)")
+        if not said:
+            log("waiting for worker nodes to join the cluster (no node can host a fitness worker yet)")
+            said = True
+        time.sleep(2.0)
 
 
 @dataclass(eq=False)

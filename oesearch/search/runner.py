@@ -82,13 +82,14 @@ def validation_seeds(config: Config) -> list[int]:
     return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
 
 
-def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any) -> tuple[Dispatcher, str]:
+def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any,
+                log: Callable[[str], None]) -> tuple[Dispatcher, str]:
     """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images."""
     r, t = config.run, config.train
     spec = WorkerSpec(t.method, t.hsc_radial, TrainSettings(
         epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
         weight_decay=t.weight_decay))
-    count, options, kind = plan_workers(r.workers, r.gpus_per_worker)
+    count, options, kind = plan_workers(r.workers, r.gpus_per_worker, log=log)
     images = data.corpus.images
 
     def payload(job: Job) -> tuple[np.ndarray]:
@@ -124,7 +125,7 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
     mirror = Mirror(config.run.storage, rundir.path) if config.run.storage and is_uri(config.run.storage) else None
 
     connect(config.run.address)
-    dispatcher, device_kind = _dispatcher(config, data, rundir.path.name, worker_class)
+    dispatcher, device_kind = _dispatcher(config, data, rundir.path.name, worker_class, log)
     metrics = RunMetrics(rundir.path.name, config.train.method, config.search.mode)
     rows = rundir.journal_rows()
     if rows or state is not None:
