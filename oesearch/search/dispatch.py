@@ -188,7 +188,13 @@ class Dispatcher:
             flights[ref] = flight
 
         def fill() -> None:
-            while pending and any(s.usable and len(s.queue) < IN_FLIGHT_PER_WORKER for s in self.slots):
+            # Idle workers first.  A second job is queued behind a running one only while plenty of
+            # work is left: in a generation's tail it would wait there while another worker idles.
+            while pending:
+                usable = [s for s in self.slots if s.usable]
+                if not any(not s.queue for s in usable) and not (
+                        len(pending) >= len(usable) and any(len(s.queue) < IN_FLIGHT_PER_WORKER for s in usable)):
+                    return
                 submit(*pending.popleft())
 
         def retry_or_fail(flight: _Flight, reason: str, row: dict[str, Any] | None = None) -> None:
