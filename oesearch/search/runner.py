@@ -139,6 +139,12 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
         corpus_images=data.corpus.images,
         wall_seconds=earlier_seconds + (time.perf_counter() - wall_start),
     )
+    try:  # the report is a view of the files above: failing to draw it must not fail the run
+        from oesearch.analysis.html_report import write_report
+
+        log(f"report: {write_report([rundir.path])}")
+    except Exception as err:  # noqa: BLE001
+        log(f"warning: could not write report.html ({type(err).__name__}: {err}); `oesearch report {rundir.path}` retries")
     for entry in summary["top"]:
         log(f"hall of fame #{entry['rank']}: indices {entry['indices']} search {entry['search_fitness']:.4f} "
             f"validated {entry['validated_fitness']:.4f} +- {entry['validated_std']:.4f}")
