@@ -179,3 +179,8 @@ def test_find_runs(analysis_runs, tmp_path, monkeypatch) -> None:
     shutil.copytree(paths[0], older)
     monkeypatch.chdir(tmp_path)
     assert [p.name for p in find_runs()] == sorted(p.name for p in paths)
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        find_runs(str(tmp_path / "nowhere"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="OESEARCH_RUNS"):
+        find_runs(str(tmp_path / "empty"))

@@ -159,15 +159,21 @@ def find_runs(spec: str | Sequence[str | Path] | None = None, root: str | Path |
     if spec:
         found = []
         for entry in map(Path, spec):
+            if not entry.is_dir():
+                raise FileNotFoundError(f"{entry}: no such run directory or folder of runs")
             found += [entry] if (entry / "config.yaml").is_file() else _runs_under(entry)
-        return found
-    if root is None:
-        root = next((p for p in (Path("runs"), Path("../runs")) if p.is_dir()), Path("runs"))
-    newest: dict[tuple, Path] = {}
-    for path in _runs_under(Path(root)):  # sorted by name, which starts with the start time
-        c = config_from_dict(read_yaml(path / "config.yaml"))
-        newest[(c.name, c.train.method, c.search.mode, c.search.strategy, c.data.normal_class)] = path
-    return sorted(newest.values())
+    else:
+        if root is None:
+            root = next((p for p in (Path("runs"), Path("../runs")) if p.is_dir()), Path("runs"))
+        newest: dict[tuple, Path] = {}
+        for path in _runs_under(Path(root)):  # sorted by name, which starts with the start time
+            c = config_from_dict(read_yaml(path / "config.yaml"))
+            newest[(c.name, c.train.method, c.search.mode, c.search.strategy, c.data.normal_class)] = path
+        found = sorted(newest.values())
+    if not found:
+        raise FileNotFoundError(f"no run directories in {list(map(str, spec or [root]))}; "
+                                "name them in OESEARCH_RUNS (separated by os.pathsep)")
+    return found
 
 
 def _runs_under(folder: Path) -> list[Path]:
