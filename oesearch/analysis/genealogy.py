@@ -41,8 +41,10 @@ def ancestry(genealogy: dict[str, Any], root: int) -> tuple[dict[int, int | None
     return nodes, edges
 
 
-def _layout(nodes: dict[int, int | None], edges: list[tuple[int, int]], root: int) -> dict[int, tuple[float, float]]:
-    """y: the generation of birth (or the depth below the root when unknown); x: spread per level."""
+def _layout(nodes: dict[int, int | None], edges: list[tuple[int, int]],
+            root: int) -> tuple[dict[int, tuple[float, float]], list[str], str]:
+    """Positions, one row per generation of birth (founders on top; by depth below the root if unknown),
+    the rows' labels, and what they are."""
     depth = {root: 0}
     order = [root]
     for parent, child in edges:  # edges come in search order from the root, so children precede parents
@@ -51,25 +53,27 @@ def _layout(nodes: dict[int, int | None], edges: list[tuple[int, int]], root: in
             order.append(parent)
     known = all(g is not None for g in nodes.values())
     level = {n: (nodes[n] if known else -depth[n]) for n in nodes}
+    levels = sorted(set(level.values()))  # rows stay compact when generations pass without a birth
     positions = {}
-    for y in set(level.values()):
-        row = [n for n in order if level[n] == y]
+    for y, value in enumerate(levels):
+        row = [n for n in order if level[n] == value]
         for k, n in enumerate(row):
             positions[n] = (k - (len(row) - 1) / 2, y)
-    return positions
+    labels = [str(v) if known else str(-v) for v in levels]
+    return positions, labels, "generation of birth" if known else "depth below the best"
 
 
 def draw_genealogy(ax: Axes, run: Run, corpus: np.ndarray | None = None) -> None:
     """The ancestors of the run's best individual: images (or dots) with indices and fitness, founders on top."""
     genealogy = run.genealogy
-    ax.set_title(f"{run.label}: ancestors of the best individual", fontsize=9)
+    ax.set_title(f"{run.label}: ancestors of hall-of-fame #1", fontsize=9)
     if not genealogy or not genealogy.get("hall_of_fame"):
         ax.axis("off")
         ax.text(0.5, 0.5, "no genealogy yet (before the first checkpoint)", ha="center", va="center")
         return
     root = int(genealogy["hall_of_fame"][0])
     nodes, edges = ancestry(genealogy, root)
-    pos = _layout(nodes, edges, root)
+    pos, labels, what = _layout(nodes, edges, root)
     fitness = {tuple(k): f for k, f in zip(run.fitness_table["indices"], run.fitness_table["fitness"])}
     for parent, child in edges:
         (x0, y0), (x1, y1) = pos[parent], pos[child]
@@ -84,15 +88,14 @@ def draw_genealogy(ax: Axes, run: Run, corpus: np.ndarray | None = None) -> None
             ax.add_artist(AnnotationBbox(box, (x, y), frameon=node == root, pad=0.1, zorder=2))
         else:
             ax.scatter([x], [y], s=60, color="C3" if node == root else "C0", zorder=2)
-        ax.annotate(f"#{','.join(map(str, indices))}  {fmt(fitness.get(tuple(indices)))}", (x, y),
-                    xytext=(0, -16), textcoords="offset points", ha="center", va="top", fontsize=6)
+        ax.annotate(f"#{','.join(map(str, indices))}\n{fmt(fitness.get(tuple(indices)))}", (x, y),
+                    xytext=(15, 0), textcoords="offset points", ha="left", va="center", fontsize=6)
     xs = [p[0] for p in pos.values()]
-    ys = [p[1] for p in pos.values()]
-    ax.set_xlim(min(xs) - 0.8, max(xs) + 0.8)
-    ax.set_ylim(max(ys) + 0.7, min(ys) - 0.5)  # founders (generation 0) on top
+    ax.set_xlim(min(xs) - 0.6, max(xs) + 1.0)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # founders on top
     ax.set_xticks([])
-    ax.set_yticks(sorted(set(ys)))
-    ax.set_ylabel("generation of birth" if all(g is not None for g in nodes.values()) else "depth")
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylabel(what)
     for side in ("top", "right", "bottom"):
         ax.spines[side].set_visible(False)
 
@@ -100,7 +103,12 @@ def draw_genealogy(ax: Axes, run: Run, corpus: np.ndarray | None = None) -> None
 def genealogy_figure(runs: Sequence[Run], corpora: Sequence[np.ndarray | None] | None = None) -> Figure:
     """One genealogy tree per run (evolution runs; a random search has no parents to show)."""
     corpora = corpora if corpora is not None else [None] * len(runs)
-    fig, axes = panels(len(runs), width=5.5, height=4.2)
+    rows = []
+    for run in runs:
+        if run.genealogy and run.genealogy.get("hall_of_fame"):
+            root = int(run.genealogy["hall_of_fame"][0])
+            rows.append(len(_layout(*ancestry(run.genealogy, root), root)[1]))
+    fig, axes = panels(len(runs), width=5.5, height=1.2 + 0.45 * max(rows, default=4))
     for ax, run, corpus in zip(axes, runs, corpora):
         draw_genealogy(ax, run, corpus)
     fig.tight_layout()

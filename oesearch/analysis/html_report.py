@@ -36,7 +36,7 @@ img { max-width: 100%; display: block; margin: 0.5em 0 1.5em; }
 table { border-collapse: collapse; font-size: 0.85em; margin-bottom: 1.5em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
 .partial { background: #fff3cd; border: 1px solid #e0c36c; padding: 0.6em 1em; }
-pre { background: #f4f4f4; padding: 0.6em 1em; }
+pre { background: #f4f4f4; padding: 0.6em 1em; white-space: pre-wrap; word-break: break-all; }
 """
 
 
