@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -123,3 +124,24 @@ def test_report_never_overwrites_another_runs_files(analysis_runs, tmp_path: Pat
     assert (first / "summary.json").read_bytes() == summary
     assert report_main([str(tmp_path)]) == 2  # not a run directory
     assert "not a run directory" in capsys.readouterr().err
+
+
+def test_resumed_run_keeps_populations_and_survives_a_failed_report(killed_run: Path, analysis_runs,
+                                                                     tmp_path: Path) -> None:
+    """Resume a copy of the killed run where report.html cannot be written (a folder is in its way):
+    the search still ends well, with a warning, and its populations equal the uninterrupted run's."""
+    copy = tmp_path / killed_run.name
+    shutil.copytree(killed_run, copy)
+    (copy / "report.html").unlink(missing_ok=True)
+    (copy / "report.html").mkdir()
+    result = subprocess.run([sys.executable, str(RUN_PY), "--no-progress", "--resume", str(copy)], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "RAY_ADDRESS": "local"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "warning: could not write report.html" in result.stdout
+    assert Path(result.stdout.strip().splitlines()[-1]) == copy
+    uninterrupted = analysis_runs[("hsc", "worst", "evolution")]
+    resumed = json.loads((copy / "genealogy.json").read_text())
+    assert resumed == json.loads((uninterrupted / "genealogy.json").read_text())
+    assert len(resumed["generations"]) == 4
+    assert json.loads((copy / "summary.json").read_text())["top"] == json.loads((uninterrupted / "summary.json").read_text())["top"]
