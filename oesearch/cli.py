@@ -3,6 +3,7 @@
     python oesearch/run.py --method hsc --mode worst
     python oesearch/run.py --config search_configs/cifar10_jpeg.yaml --set search.population=32
     python oesearch/run.py --resume runs/20261128-101500-embedded-hsc-worst-c8-s0
+    oesearch report runs/20261128-101500-embedded-hsc-worst-c8-s0   # HTML report, also of a running search
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="oesearch",
         description="Evolutionary search for the single OE images that make an anomaly detector best or worst "
         "(Liznerski et al., Exposing Outlier Exposure, TMLR 2022). Without --config it runs the embedded "
-        "default: sklearn digits as normal data, patches of sklearn's sample photos as the OE corpus.",
+        "default: sklearn digits as normal data, patches of sklearn's sample photos as the OE corpus. "
+        "`oesearch report RUN_DIR...` writes an HTML report of finished or running searches.",
     )
     p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
     p.add_argument("--method", choices=["hsc", "bce"], help="objective (train.method)")
@@ -60,6 +62,11 @@ def resolve_config(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["report"]:  # `oesearch report RUN_DIR...`; every other use is the search itself
+        from oesearch.analysis.html_report import main as report_main
+
+        return report_main(argv[1:])
     args = build_parser().parse_args(argv)
     from oesearch.results import RunDir
     from oesearch.results.storage import run_parent

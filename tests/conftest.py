@@ -46,6 +46,8 @@ def write_config(path: Path, config: dict) -> Path:
     return path
 
 
+# "local": always a fresh Ray instance of the test's own. Without an address Ray joins the last cluster that
+# `ray start` left on this machine, whoever started it.
 def run_cli(args: list[str], cwd: Path, script: Path = RUN_PY, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the search script as a user would, in its own process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
@@ -59,6 +61,27 @@ def start_cli(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def kill_at_generation(args: list[str], cwd: Path, out: Path, generation: int, log: Path,
+                       timeout: float = 240) -> tuple[Path | None, list[dict] | None]:
+    """Start a search and SIGKILL it once a training of ``generation`` is journaled (that generation has
+    begun and is not finished); return its run directory and the journal rows seen at the kill."""
+    from oesearch.results import read_journal
+
+    proc = start_cli(args, cwd=cwd, log=log)
+    deadline = time.time() + timeout
+    journals, killed_rows = [], None
+    while time.time() < deadline and proc.poll() is None:
+        journals = list(out.glob("*/journal.jsonl")) if out.exists() else []
+        rows = read_journal(journals[0]) if journals else []
+        if any(r["generation"] == generation for r in rows):
+            os.kill(proc.pid, signal.SIGKILL)
+            killed_rows = rows
+            break
+        time.sleep(0.02)
+    kill_group(proc)
+    return (journals[0].parent if journals else None), killed_rows
+
+
 def kill_group(proc: subprocess.Popen) -> None:
     """SIGKILL the driver and everything it started (its own session)."""
     try:
@@ -67,3 +90,27 @@ def kill_group(proc: subprocess.Popen) -> None:
         pass
     proc.wait(timeout=30)
     time.sleep(1.0)
+
+
+# The runs the analysis views compare: HSC and BCE, best and worst, and a random search (Appendix D).
+ANALYSIS_RUNS = (("hsc", "best", "evolution"), ("bce", "best", "evolution"), ("hsc", "worst", "evolution"),
+                 ("bce", "worst", "evolution"), ("hsc", "best", "random"))
+
+
+@pytest.fixture(scope="session")
+def analysis_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> dict[tuple[str, str, str], Path]:
+    """Five tiny finished searches, run by the real CLI in one process (one Ray start), by (method, mode, strategy)."""
+    work = tmp_path_factory.mktemp("analysis")
+    config = write_config(work / "tiny.yaml", tiny_config(cache_dir))
+    calls = [["--no-progress", "--config", str(config), "--out", str(work / "runs"),
+              "--method", method, "--mode", mode, "--strategy", strategy] for method, mode, strategy in ANALYSIS_RUNS]
+    script = f"from oesearch.cli import main\nfor args in {calls!r}:\n    assert main(args) == 0, args\n"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
+    result = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    runs = {}
+    for path in sorted((work / "runs").iterdir()):
+        c = yaml.safe_load((path / "config.yaml").read_text())
+        runs[(c["train"]["method"], c["search"]["mode"], c["search"]["strategy"])] = path
+    assert set(runs) == set(ANALYSIS_RUNS)
+    return runs

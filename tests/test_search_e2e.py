@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from conftest import RUN_PY, kill_group, run_cli, start_cli, tiny_config, write_config
+from conftest import RUN_PY, kill_at_generation, run_cli, tiny_config, write_config
 from oesearch.results import read_journal
 
 IDENTITY = ("purpose", "generation", "individual", "seed", "normal_class", "status")
@@ -49,7 +46,7 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> P
 
 def test_standalone_script_writes_every_output(finished_run: Path) -> None:
     expected = {"config.yaml", "journal.jsonl", "generations.csv", "hall_of_fame.csv", "genealogy.json",
-                "checkpoint.pkl", "best.png", "worst.png", "summary.json"}
+                "checkpoint.pkl", "best.png", "worst.png", "summary.json", "report.html"}
     assert expected <= {p.name for p in finished_run.iterdir()}
     for png in ("best.png", "worst.png"):
         assert (finished_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -111,21 +108,9 @@ def test_kill_and_resume_matches_uninterrupted(finished_run: Path, tmp_path: Pat
     """SIGKILL the driver mid-generation, resume, and compare with the uninterrupted run."""
     config = write_config(tmp_path / "tiny.yaml", tiny_config(cache_dir))
     out = tmp_path / "runs"
-    proc = start_cli(["--config", str(config), "--mode", "worst", "--out", str(out)], cwd=tmp_path,
-                     log=tmp_path / "killed.log")
-    deadline = time.time() + 240
-    killed_rows = None
-    while time.time() < deadline and proc.poll() is None:
-        runs = list(out.glob("*/journal.jsonl")) if out.exists() else []
-        rows = read_journal(runs[0]) if runs else []
-        if any(r["generation"] == 2 for r in rows):  # generation 2 has begun, and is not finished
-            os.kill(proc.pid, signal.SIGKILL)
-            killed_rows = rows
-            break
-        time.sleep(0.02)
-    kill_group(proc)
+    run_dir, killed_rows = kill_at_generation(["--config", str(config), "--mode", "worst", "--out", str(out)],
+                                              cwd=tmp_path, out=out, generation=2, log=tmp_path / "killed.log")
     assert killed_rows is not None, (tmp_path / "killed.log").read_text()
-    run_dir = runs[0].parent
     complete = journal_records(finished_run)
     assert len(read_journal(run_dir / "journal.jsonl")) < len(complete), "the kill must interrupt the run"
 

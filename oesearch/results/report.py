@@ -17,7 +17,7 @@ import pandas as pd
 from oesearch.results.figures import sample_grid
 from oesearch.results.rundir import RunDir
 
-__all__ = ["search_fitness_table", "write_outputs"]
+__all__ = ["genealogy_dict", "search_fitness_table", "write_outputs"]
 
 _GRID_COLUMNS = 8
 
@@ -75,7 +75,7 @@ def write_outputs(
     pd.DataFrame(state.logbook).to_csv(rundir.file("generations.csv"), index=False)
     hof_frame = pd.DataFrame(top).assign(indices=lambda f: f["indices"].map(lambda i: " ".join(map(str, i))))
     rundir.write_text("hall_of_fame.csv", hof_frame.to_csv(index=False))
-    _write_genealogy(rundir, state)
+    rundir.write_json("genealogy.json", genealogy_dict(state))
 
     table = search_fitness_table(rows, search_seeds).sort_values("fitness", kind="stable")
     normal_row = normal_train[: _GRID_COLUMNS]
@@ -124,8 +124,13 @@ def write_outputs(
     return summary
 
 
-def _write_genealogy(rundir: RunDir, state: Any) -> None:
-    """DEAP History as JSON: every individual ever created, its indices and its parents."""
+def genealogy_dict(state: Any) -> dict[str, Any]:
+    """DEAP History as plain data: every individual ever created, its indices and its parents.
+
+    ``hall_of_fame`` holds the final hall of fame's ids in rank order, and
+    ``generations`` each generation's population as ids (``None`` where a
+    checkpoint from before populations were kept left a gap).
+    """
     history = state.history
     individuals = {
         str(i): {
@@ -135,4 +140,5 @@ def _write_genealogy(rundir: RunDir, state: Any) -> None:
         for i, ind in history.genealogy_history.items()
     }
     final = [int(getattr(ind, "history_index", -1)) for ind in state.hall_of_fame]
-    rundir.write_json("genealogy.json", {"individuals": individuals, "hall_of_fame": final})
+    generations = [None if ids is None else [int(i) for i in ids] for ids in getattr(state, "populations", [])]
+    return {"individuals": individuals, "hall_of_fame": final, "generations": generations}

@@ -21,7 +21,7 @@ import math
 import random
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -136,6 +136,9 @@ class EvolutionState:
     py_rng: Any  # random.Random state
     np_rng: dict  # numpy bit-generator state
     elapsed: float = 0.0  # seconds spent in finished generations, across resumes
+    # History ids of each generation's population: the analysis needs whole populations
+    # (diversity, genealogy by generation), which neither the journal nor the logbook keeps.
+    populations: list = field(default_factory=list)
 
 
 class Evolution:
@@ -203,6 +206,8 @@ class Evolution:
                 offspring = self._vary(state.population, toolbox, py_rng)
             counts = self.problem.evaluate(offspring, gen)
             state.population = offspring
+            known = getattr(state, "populations", [])[:gen]  # absent from checkpoints written before it was kept
+            state.populations = known + [None] * (gen - len(known)) + [[ind.history_index for ind in offspring]]
             state.hall_of_fame.update(offspring)
             seconds = time.perf_counter() - start
             self._record(state, gen, counts, seconds)

@@ -176,6 +176,12 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
         corpus_images=data.corpus.images,
         wall_seconds=earlier_seconds + (time.perf_counter() - wall_start),
     )
+    try:  # the report is a view of the files above: failing to draw it must not fail the run
+        from oesearch.analysis.html_report import write_report
+
+        log(f"report: {write_report([rundir.path])}")
+    except Exception as err:  # noqa: BLE001
+        log(f"warning: could not write report.html ({type(err).__name__}: {err}); `oesearch report {rundir.path}` retries")
     if mirror:
         mirror.sync()
     for entry in summary["top"]:
