@@ -55,3 +55,14 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
 def test_existing_requires_a_run_directory(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not a run directory"):
         RunDir.existing(tmp_path)
+
+
+def test_atomic_writes_respect_the_umask(tmp_path: Path) -> None:
+    """Run files are shared with colleagues and web servers: not the 0600 that mkstemp gives."""
+    import os
+
+    from oesearch.results.rundir import _UMASK, atomic_write_text
+
+    atomic_write_text(tmp_path / "report.html", "<html></html>")
+    assert (tmp_path / "report.html").stat().st_mode & 0o777 == 0o666 & ~_UMASK
+    assert _UMASK == os.umask(_UMASK)

@@ -44,11 +44,21 @@ def to_json(value: Any, **kwargs: Any) -> str:
     return json.dumps(clean(value), default=_json_default, allow_nan=False, **kwargs)
 
 
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once at import: os.umask can only be read by setting it
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a fsynced temporary file and a rename."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files are as shareable as any other file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
