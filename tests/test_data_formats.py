@@ -7,7 +7,9 @@ CIFAR-100 pickles, MNIST/Fashion-MNIST/EMNIST idx files (raw and gzipped),
 
 from __future__ import annotations
 
+import gzip
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 
 from oesearch.data import DataError
 from oesearch.data.cifar import load_cifar100
+from oesearch.data.idx import load_idx_dataset, read_idx
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -83,3 +86,110 @@ def test_cifar100_missing_and_wrong_files(tmp_path: Path) -> None:
         pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"fine_labels": [0, 100]}, f)
     with pytest.raises(DataError, match=r"\[0, 100\)"):
         load_cifar100(folder, "test")
+
+
+# ---------------------------------------------------------------- idx: MNIST, Fashion-MNIST, EMNIST letters
+
+
+def _idx_bytes(array: np.ndarray) -> bytes:
+    """The idx encoding: 00 00 08 <ndim>, big-endian uint32 sizes, then the bytes."""
+    return bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+
+
+def _write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = _idx_bytes(np.ascontiguousarray(array, dtype=np.uint8))
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        data = gzip.compress(data)
+    path.write_bytes(data)
+
+
+def _digits(n: int, key: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = _rng(7, key)
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n).astype(np.uint8)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_raw_and_gz(tmp_path: Path, gz: bool) -> None:
+    for stem, key in (("train", 0), ("t10k", 1)):
+        images, labels = _digits(6 - key, key)
+        _write_idx(tmp_path / f"{stem}-images-idx3-ubyte", images, gz)
+        _write_idx(tmp_path / f"{stem}-labels-idx1-ubyte", labels, gz)
+    for split, key in (("train", 0), ("test", 1)):
+        images, labels = _digits(6 - key, key)
+        store = load_idx_dataset("mnist", tmp_path, split)
+        assert store.images.shape == (len(images), 28, 28, 1) and store.images.dtype == np.uint8
+        np.testing.assert_array_equal(store.images[..., 0], images)  # MNIST rows are image rows
+        assert store.labels.dtype == np.int64 and store.labels.tolist() == labels.tolist()
+        assert store.class_names == tuple("0123456789")
+
+
+def test_fashion_mnist_in_torchvision_layout(tmp_path: Path) -> None:
+    images, labels = _digits(4, 3)
+    raw = tmp_path / "FashionMNIST" / "raw"
+    _write_idx(raw / "t10k-images-idx3-ubyte", images, gz=True)
+    _write_idx(raw / "t10k-labels-idx1-ubyte", labels, gz=False)
+    store = load_idx_dataset("fashion_mnist", tmp_path, "test")
+    np.testing.assert_array_equal(store.images[..., 0], images)
+    assert store.labels.tolist() == labels.tolist()
+    assert store.class_names[0] == "T-shirt/top" and store.class_names[9] == "Ankle boot"
+
+
+def test_emnist_letters_are_transposed_back_and_labels_shifted(tmp_path: Path) -> None:
+    rng = _rng(26)
+    upright = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    letters = np.array([1, 2, 26, 13, 1], dtype=np.uint8)  # EMNIST letters: 1 = a ... 26 = z
+    folder = tmp_path / "gzip"  # as unzipped from the official gzip.zip
+    _write_idx(folder / "emnist-letters-train-images-idx3-ubyte", upright.transpose(0, 2, 1), gz=True)
+    _write_idx(folder / "emnist-letters-train-labels-idx1-ubyte", letters, gz=True)
+    store = load_idx_dataset("emnist_letters", tmp_path, "train")
+    np.testing.assert_array_equal(store.images[..., 0], upright)
+    assert store.labels.tolist() == [0, 1, 25, 12, 0]
+    assert store.class_names == tuple("abcdefghijklmnopqrstuvwxyz")
+    assert [store.class_names[i] for i in store.labels] == ["a", "b", "z", "m", "a"]
+
+    _write_idx(folder / "emnist-letters-train-labels-idx1-ubyte", np.array([0, 1, 2, 3, 4], np.uint8), gz=True)
+    with pytest.raises(DataError, match=r"\[1, 26\]"):
+        load_idx_dataset("emnist_letters", tmp_path, "train")
+
+
+def test_idx_missing_files_name_the_file_and_source(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as info:
+        load_idx_dataset("mnist", tmp_path, "test")
+    message = str(info.value)
+    assert f"{tmp_path}/t10k-images-idx3-ubyte" in message and "t10k-images-idx3-ubyte.gz" in message
+    assert "yann.lecun.com/exdb/mnist" in message
+    with pytest.raises(DataError, match="emnist-letters-test-images-idx3-ubyte") as info:
+        load_idx_dataset("emnist_letters", tmp_path, "test")
+    assert "gzip.zip" in str(info.value)
+    images, _ = _digits(3, 0)
+    _write_idx(tmp_path / "train-images-idx3-ubyte", images, gz=False)
+    with pytest.raises(DataError, match="train-labels-idx1-ubyte"):
+        load_idx_dataset("mnist", tmp_path, "train")
+    _write_idx(tmp_path / "train-labels-idx1-ubyte", np.zeros(4, np.uint8), gz=False)
+    with pytest.raises(DataError, match="3 images but .* 4 labels"):
+        load_idx_dataset("mnist", tmp_path, "train")
+
+
+def test_idx_header_is_validated(tmp_path: Path) -> None:
+    path = tmp_path / "x-idx3-ubyte"
+    good = _idx_bytes(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    path.write_bytes(good)
+    np.testing.assert_array_equal(read_idx(path, ndim=3), np.arange(24).reshape(2, 3, 4))
+    cases = [
+        (b"\x01" + good[1:], "magic"),  # not 00 00
+        (good[:2] + b"\x0d" + good[3:], "element type 0x0d"),  # float32
+        (good, "expected an idx1 file"),  # read as labels
+        (good[:-1], "header says shape \\(2, 3, 4\\)"),  # one byte short
+        (good + b"\x00", "\\(40 bytes\\), but the file has 41 bytes"),
+        (good[:9], "cut short"),
+    ]
+    for data, pattern in cases:
+        path.write_bytes(data)
+        with pytest.raises(DataError, match=pattern):
+            read_idx(path, ndim=1 if pattern.startswith("expected an idx1") else 3)
+    bad_gz = tmp_path / "x-idx3-ubyte.gz"
+    bad_gz.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(bad_gz, ndim=3)
