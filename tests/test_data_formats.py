@@ -18,6 +18,7 @@ import pytest
 from oesearch.data import DataError
 from oesearch.data.cifar import load_cifar100
 from oesearch.data.idx import load_idx_dataset, read_idx
+from oesearch.data.tiny import load_random_300k, load_tiny_images
 
 
 def _rng(*key: int) -> np.random.Generator:
@@ -193,3 +194,113 @@ def test_idx_header_is_validated(tmp_path: Path) -> None:
     bad_gz.write_bytes(b"not gzip at all")
     with pytest.raises(DataError, match="cannot read"):
         read_idx(bad_gz, ndim=3)
+
+
+# ---------------------------------------------------------------- 80MTI tiny_images.bin and 300K .npy
+
+
+def _tiny_images(n: int) -> np.ndarray:
+    """n distinct HWC images; image i has a distinct pixel pattern."""
+    return _rng(80, n).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+
+
+def _write_tiny_bin(path: Path, images: np.ndarray) -> None:
+    # The reference reads a record with reshape((32, 32, 3), order="F"): write exactly its inverse.
+    path.write_bytes(b"".join(image.ravel(order="F").tobytes() for image in images))
+
+
+def test_tiny_images_record_layout_matches_the_reference_reader(tmp_path: Path) -> None:
+    images = _tiny_images(6)
+    path = tmp_path / "tiny_images.bin"
+    _write_tiny_bin(path, images)
+    raw = path.read_bytes()
+    # The documented layout: byte c*1024 + x*32 + y holds row y, column x, channel c.
+    assert raw[3072 * 2 + 1 * 1024 + 5 * 32 + 7] == images[2, 7, 5, 1]
+    store = load_tiny_images(path)
+    assert store.images.shape == (6, 32, 32, 3) and store.class_names == ("80mti",)
+    np.testing.assert_array_equal(store.images, images)
+    assert store.labels.tolist() == [0] * 6
+    for i in range(6):  # the reference loader's expression, record by record
+        reference = np.frombuffer(raw[3072 * i : 3072 * (i + 1)], dtype=np.uint8).reshape((32, 32, 3), order="F")
+        np.testing.assert_array_equal(store.images[i], reference)
+
+
+def test_tiny_images_exclusion_list_is_one_based_and_count_is_seeded(tmp_path: Path) -> None:
+    images = _tiny_images(40)
+    path = tmp_path / "tiny_images.bin"
+    _write_tiny_bin(path, images)
+    exclude = tmp_path / "80mn_cifar_idxs.txt"
+    exclude.write_text("1\n5\n\n40\n5\n")  # records 0, 4 and 39; a duplicate and a blank line
+    kept = [i for i in range(40) if i not in (0, 4, 39)]
+    store = load_tiny_images(path, exclude)
+    np.testing.assert_array_equal(store.images, images[kept])
+
+    draws = [load_tiny_images(path, exclude, count=10, seed=s).images for s in (0, 0, 1)]
+    np.testing.assert_array_equal(draws[0], draws[1])
+    assert not np.array_equal(draws[0], draws[2])
+    for drawn in draws:
+        positions = [int(np.flatnonzero((images == im).all(axis=(1, 2, 3)))[0]) for im in drawn]
+        assert len(positions) == 10 and positions == sorted(set(positions))  # distinct, in file order
+        assert set(positions) <= set(kept)
+    assert len(load_tiny_images(path, exclude, count=37).images) == 37  # every record not excluded
+    with pytest.raises(DataError, match=r"count must lie in \[1, 37\]"):
+        load_tiny_images(path, exclude, count=38)
+
+
+def test_tiny_images_errors(tmp_path: Path) -> None:
+    path = tmp_path / "tiny_images.bin"
+    with pytest.raises(DataError, match="tiny_images.bin") as info:
+        load_tiny_images(path)
+    assert str(path) in str(info.value) and "300K" in str(info.value)
+    path.write_bytes(bytes(3072 * 2 + 5))
+    with pytest.raises(DataError, match="multiple of 3072"):
+        load_tiny_images(path)
+    path.write_bytes(bytes(3072 * 3))
+    exclude = tmp_path / "idxs.txt"
+    with pytest.raises(DataError, match="index list not found") as info:
+        load_tiny_images(path, exclude)
+    assert str(exclude) in str(info.value)
+    for text, pattern in (("0\n", r"\[1, 3\]"), ("4\n", r"\[1, 3\]"), ("2\nabc\n", "one integer index per line")):
+        exclude.write_text(text)
+        with pytest.raises(DataError, match=pattern):
+            load_tiny_images(path, exclude)
+
+
+def test_tiny_images_full_size_file_is_memory_mapped(tmp_path: Path) -> None:
+    """A sparse file of the real size: reading needs `count`, and then touches only the drawn records."""
+    path = tmp_path / "tiny_images.bin"
+    with open(path, "wb") as f:
+        f.truncate(3072 * 79_302_017)  # 244 GB on paper, no blocks on disk
+        f.seek(3072 * 79_302_016)
+        f.write(_tiny_images(1)[0].ravel(order="F").tobytes())  # the last record is a real image
+    with pytest.raises(DataError, match="79,302,017 records .* set `count`"):
+        load_tiny_images(path)
+    exclude = tmp_path / "80mn_cifar_idxs.txt"
+    exclude.write_text("\n".join(str(i) for i in range(1, 79_302_017, 1000)))
+    store = load_tiny_images(path, exclude, count=2000, seed=0)
+    assert store.images.shape == (2000, 32, 32, 3)
+    assert load_tiny_images(path, exclude, count=2000, seed=0).images.tobytes() == store.images.tobytes()
+
+
+def test_random_300k_npy(tmp_path: Path) -> None:
+    images = _tiny_images(12)
+    path = tmp_path / "300K_random_images.npy"
+    np.save(path, images)
+    store = load_random_300k(path)
+    assert isinstance(store.images, np.memmap)  # never read whole
+    np.testing.assert_array_equal(store.images, images)
+    assert store.class_names == ("80mti",) and store.labels.tolist() == [0] * 12
+    a, b = (load_random_300k(path, count=5, seed=3).images for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert len({im.tobytes() for im in a}) == 5 and {im.tobytes() for im in a} <= {im.tobytes() for im in images}
+
+    missing = tmp_path / "nope.npy"
+    with pytest.raises(DataError, match="300K_random_images.npy") as info:
+        load_random_300k(missing)
+    assert str(missing) in str(info.value) and "hendrycks" in str(info.value)
+    np.save(path, images[:, :28])
+    with pytest.raises(DataError, match=r"\(N, 32, 32, 3\) uint8"):
+        load_random_300k(path)
+    path.write_bytes(b"not an npy file")
+    with pytest.raises(DataError, match="not a .npy array"):
+        load_random_300k(path)
