@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from oesearch.data import DataError
 from oesearch.data.cifar import load_cifar100
 from oesearch.data.idx import load_idx_dataset, read_idx
+from oesearch.data.layouts import load_cub, load_dtd, load_imagenet22k, load_imagenet30, load_mvtec
 from oesearch.data.tiny import load_random_300k, load_tiny_images
 
 
@@ -304,3 +306,126 @@ def test_random_300k_npy(tmp_path: Path) -> None:
     path.write_bytes(b"not an npy file")
     with pytest.raises(DataError, match="not a .npy array"):
         load_random_300k(path)
+
+
+# ---------------------------------------------------------------- folder layouts
+
+
+def _png(path: Path, key: int, size: int = 6, mode: str = "RGB") -> np.ndarray:
+    """Write a distinct lossless image and return its pixels."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = (size, size, 3) if mode == "RGB" else (size, size)
+    pixels = _rng(5, key).integers(0, 256, shape, dtype=np.uint8)
+    Image.fromarray(pixels).save(path)
+    return pixels
+
+
+def _wnid(i: int) -> str:
+    return f"n{i:08d}"
+
+
+def test_imagenet22k_minus_excluded_wnids(tmp_path: Path) -> None:
+    root = tmp_path / "imagenet22k"
+    pixels = {}
+    for c in range(1, 6):  # n00000001..n00000005; 1 and 3 are "ImageNet-1k"
+        for i in range(3):
+            pixels[(c, i)] = _png(root / _wnid(c) / f"{_wnid(c)}_{i}.JPEG.png", 10 * c + i)
+    exclude = tmp_path / "imagenet1k_wnids.txt"
+    exclude.write_text("\n".join([_wnid(1), _wnid(3)] + [_wnid(1000 + i) for i in range(998)]) + "\n")
+    store = load_imagenet22k(root, exclude, size=None)
+    assert store.class_names == (_wnid(2), _wnid(4), _wnid(5))
+    assert store.labels.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    np.testing.assert_array_equal(store.images[3], pixels[(4, 0)])
+    np.testing.assert_array_equal(store.images[8], pixels[(5, 2)])
+
+    few = load_imagenet22k(root, exclude, size=4, per_class=2, seed=0)
+    assert few.images.shape == (6, 4, 4, 3) and few.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert np.array_equal(few.images, load_imagenet22k(root, exclude, size=4, per_class=2, seed=0).images)
+
+    exclude.write_text("\n".join(_wnid(i) for i in range(30)))  # the reference code's pitfall: only 30 classes
+    with pytest.raises(DataError, match="names 30 wnids.*all 1000 ImageNet-1k wnids"):
+        load_imagenet22k(root, exclude)
+    exclude.write_text("n01440764\nairliner\n")
+    with pytest.raises(DataError, match="'airliner' is not a wnid"):
+        load_imagenet22k(root, exclude)
+    with pytest.raises(DataError, match="wnid list not found") as info:
+        load_imagenet22k(root, tmp_path / "missing.txt")
+    assert str(tmp_path / "missing.txt") in str(info.value)
+
+
+def test_imagenet30_train_test_folders(tmp_path: Path) -> None:
+    names = [f"class{c:02d}" for c in range(30)]
+    for c, name in enumerate(names):
+        _png(tmp_path / "one_class_train" / name / "a.png", c, size=5)
+        _png(tmp_path / "test" / name / "a.png", 100 + c, size=7)
+    train = load_imagenet30(tmp_path, "train", size=4)  # the original archive's folder name
+    test = load_imagenet30(tmp_path, "test", size=None)
+    assert train.class_names == test.class_names == tuple(names)
+    assert train.images.shape == (30, 4, 4, 3) and test.images.shape == (30, 7, 7, 3)
+    np.testing.assert_array_equal(test.images[29], _rng(5, 129).integers(0, 256, (7, 7, 3), dtype=np.uint8))
+
+    (tmp_path / "test" / "class00" / "a.png").rename(tmp_path / "stray.png")
+    (tmp_path / "test" / "class00").rmdir()
+    with pytest.raises(DataError, match="has 29 class folders; ImageNet-30 has 30"):
+        load_imagenet30(tmp_path, "test", size=None)
+    with pytest.raises(DataError, match="one_class_test") as info:
+        load_imagenet30(tmp_path / "elsewhere", "test")
+    assert "ss-ood" in str(info.value)
+
+
+def test_mvtec_category(tmp_path: Path) -> None:
+    screw = tmp_path / "mvtec" / "screw"
+    train = [_png(screw / "train" / "good" / f"{i:03d}.png", i, mode="L") for i in range(3)]
+    test_good = _png(screw / "test" / "good" / "000.png", 10, mode="L")
+    thread = [_png(screw / "test" / "thread_top" / f"{i:03d}.png", 20 + i, mode="L") for i in range(2)]
+    scratch = _png(screw / "test" / "scratch_head" / "000.png", 30, mode="L")
+    (screw / "ground_truth" / "scratch_head").mkdir(parents=True)  # masks are not images of a split
+    tr = load_mvtec(tmp_path / "mvtec", "screw", "train", size=None)
+    te = load_mvtec(tmp_path / "mvtec", "screw", "test", size=None)
+    assert tr.class_names == te.class_names == ("good", "scratch_head", "thread_top")
+    assert tr.images.shape == (3, 6, 6, 1) and tr.labels.tolist() == [0, 0, 0]
+    np.testing.assert_array_equal(tr.images[..., 0], np.stack(train))
+    assert te.labels.tolist() == [0, 1, 2, 2]
+    np.testing.assert_array_equal(te.images[..., 0], np.stack([test_good, scratch, *thread]))
+    with pytest.raises(DataError, match="MVTec-AD category 'bottle' not found") as info:
+        load_mvtec(tmp_path / "mvtec", "bottle", "test")
+    assert "bottle/train/good" in str(info.value) and "mvtec.com" in str(info.value)
+
+
+def test_cub_official_split(tmp_path: Path) -> None:
+    folder = tmp_path / "CUB_200_2011"
+    classes = ["001.Black_footed_Albatross", "002.Laysan_Albatross"]
+    rows, pixels = [], {}
+    for image_id in range(1, 7):
+        cls = (image_id - 1) % 2
+        rel = f"{classes[cls]}/img_{image_id}.png"
+        pixels[image_id] = _png(folder / "images" / rel, image_id)
+        rows.append((image_id, rel, cls + 1, int(image_id <= 3)))
+    (folder / "images.txt").write_text("".join(f"{i} {rel}\n" for i, rel, _, _ in rows))
+    (folder / "image_class_labels.txt").write_text("".join(f"{i} {c}\n" for i, _, c, _ in rows))
+    (folder / "train_test_split.txt").write_text("".join(f"{i} {t}\n" for i, _, _, t in rows))
+    (folder / "classes.txt").write_text("".join(f"{n + 1} {name}\n" for n, name in enumerate(classes)))
+    train = load_cub(tmp_path, "train", size=None)
+    test = load_cub(folder, "test", size=None)
+    assert train.class_names == ("Black_footed_Albatross", "Laysan_Albatross")
+    assert train.labels.tolist() == [0, 1, 0] and test.labels.tolist() == [1, 0, 1]
+    np.testing.assert_array_equal(train.images[1], pixels[2])
+    np.testing.assert_array_equal(test.images, np.stack([pixels[4], pixels[5], pixels[6]]))
+    (folder / "train_test_split.txt").unlink()
+    with pytest.raises(DataError, match="train_test_split.txt not found.*CUB_200_2011.tgz"):
+        load_cub(folder, "train")
+
+
+def test_dtd_fold_files(tmp_path: Path) -> None:
+    folder = tmp_path / "dtd"
+    pixels = {name: _png(folder / "images" / name, n) for n, name in enumerate(
+        ["banded/banded_0001.jpg.png", "banded/banded_0002.jpg.png", "zigzagged/zigzagged_0001.jpg.png"])}
+    (folder / "labels").mkdir()
+    (folder / "labels" / "train2.txt").write_text("zigzagged/zigzagged_0001.jpg.png\nbanded/banded_0002.jpg.png\n")
+    (folder / "labels" / "test2.txt").write_text("banded/banded_0001.jpg.png\n")
+    train = load_dtd(tmp_path, "train", fold=2, size=None)
+    assert train.class_names == ("banded", "zigzagged") and train.labels.tolist() == [1, 0]
+    np.testing.assert_array_equal(train.images[0], pixels["zigzagged/zigzagged_0001.jpg.png"])
+    assert load_dtd(folder, "test", fold=2, size=None).labels.tolist() == [0]
+    with pytest.raises(DataError, match="test1.txt not found.*dtd-r1.0.1.tar.gz"):
+        load_dtd(folder, "test", fold=1)
