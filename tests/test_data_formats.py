@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from oesearch.data import DataError
+from oesearch.config import config_from_dict
+from oesearch.data import DataError, load_corpus, load_normal
 from oesearch.data.cifar import load_cifar100
 from oesearch.data.idx import load_idx_dataset, read_idx
 from oesearch.data.layouts import load_cub, load_dtd, load_imagenet22k, load_imagenet30, load_mvtec
@@ -429,3 +430,35 @@ def test_dtd_fold_files(tmp_path: Path) -> None:
     assert load_dtd(folder, "test", fold=2, size=None).labels.tolist() == [0]
     with pytest.raises(DataError, match="test1.txt not found.*dtd-r1.0.1.tar.gz"):
         load_dtd(folder, "test", fold=1)
+
+
+# ---------------------------------------------------------------- through the configured sources
+
+
+def test_configured_sources_load_and_conform(tmp_path: Path) -> None:
+    """Normal data and corpora named in a config reach the real loaders, cached by their options."""
+    images, labels = _digits(8, 0)
+    _write_idx(tmp_path / "fmnist" / "train-images-idx3-ubyte", images, gz=True)
+    _write_idx(tmp_path / "fmnist" / "train-labels-idx1-ubyte", labels, gz=True)
+    _write_cifar100(tmp_path / "c100" / "cifar-100-python")
+    _write_tiny_bin(tmp_path / "tiny_images.bin", _tiny_images(9))
+    (tmp_path / "idxs.txt").write_text("2\n")
+    config = config_from_dict({"data": {
+        "normal": {"kind": "fashion_mnist", "path": str(tmp_path / "fmnist")},
+        "corpus": {"kind": "cifar100", "path": str(tmp_path / "c100")},
+    }})
+    cache = tmp_path / "cache"
+    normal = load_normal(config.data.normal, "train", cache)
+    np.testing.assert_array_equal(normal.images[..., 0], images)
+    corpus = load_corpus(config.data.corpus, normal.image_shape, cache)
+    assert corpus.images.shape == (9, 28, 28, 1)  # grayscale CIFAR-100 for Fashion-MNIST, as in the paper
+    assert len(list(cache.iterdir())) == 2
+
+    tiny = config_from_dict({"data": {"corpus": {
+        "kind": "tiny_images", "path": str(tmp_path / "tiny_images.bin"), "exclude": str(tmp_path / "idxs.txt"),
+        "count": 4, "subset_seed": 1}}}).data.corpus
+    store = load_corpus(tiny, (32, 32, 3), cache)
+    np.testing.assert_array_equal(store.images, load_tiny_images(tmp_path / "tiny_images.bin", tmp_path / "idxs.txt",
+                                                                 count=4, seed=1).images)
+    other = tiny.model_copy(update={"subset_seed": 2})
+    assert not np.array_equal(load_corpus(other, (32, 32, 3), cache).images, store.images)
