@@ -69,9 +69,97 @@ class Cifar10Source(_Section):
     path: str
 
 
-NormalSource = Annotated[Union[DigitsSource, ImageFolderSource, Cifar10Source], Field(discriminator="kind")]
+class Cifar100Source(_Section):
+    """The official CIFAR-100 python batches (``cifar-100-python``): 100 fine classes or 20 coarse superclasses."""
+
+    kind: Literal["cifar100"] = "cifar100"
+    path: str
+    labels: Literal["fine", "coarse"] = "fine"
+
+
+class IdxSource(_Section):
+    """MNIST, Fashion-MNIST or EMNIST-letters idx files (raw or .gz); EMNIST letters are classes a..z."""
+
+    kind: Literal["mnist", "fashion_mnist", "emnist_letters"]
+    path: str
+
+
+_SIZE = Field(224, ge=2, description="resize every image to size x size")
+
+
+class ImageNet30Source(_Section):
+    """ImageNet-30: ``path/train`` and ``path/test`` (or ``one_class_train``/``one_class_test``), 30 classes."""
+
+    kind: Literal["imagenet30"] = "imagenet30"
+    path: str
+    size: int = _SIZE
+
+
+class CubSource(_Section):
+    """CUB-200-2011 (``CUB_200_2011`` folder) with its official train/test split."""
+
+    kind: Literal["cub"] = "cub"
+    path: str
+    size: int = _SIZE
+
+
+class DtdSource(_Section):
+    """DTD (``dtd`` folder): train is ``labels/train{fold}.txt``, test ``labels/test{fold}.txt``."""
+
+    kind: Literal["dtd"] = "dtd"
+    path: str
+    fold: int = Field(1, ge=1, le=10)
+    size: int = _SIZE
+
+
+class MVTecSource(_Section):
+    """One MVTec-AD category: ``path/<category>/train/good`` and ``path/<category>/test/<defect>``; class 0 is good."""
+
+    kind: Literal["mvtec"] = "mvtec"
+    path: str
+    category: str
+    size: int = _SIZE
+
+
+class TinyImagesSource(_Section):
+    """80 Million Tiny Images ``tiny_images.bin``, minus the 1-based indices in ``exclude``, ``count`` drawn."""
+
+    kind: Literal["tiny_images"] = "tiny_images"
+    path: str
+    exclude: str | None = Field(None, description="file of 1-based record indices to drop (80mn_cifar_idxs.txt)")
+    count: int | None = Field(None, ge=1, description="records drawn at random; None: all (small files only)")
+    subset_seed: int = 0
+
+
+class Random300kSource(_Section):
+    """The 300K random 80MTI images ``300K_random_images.npy`` (memory-mapped), optionally ``count`` of them."""
+
+    kind: Literal["random_300k"] = "random_300k"
+    path: str
+    count: int | None = Field(None, ge=1)
+    subset_seed: int = 0
+
+
+class ImageNet22kSource(_Section):
+    """ImageNet-22k ImageFolder ``path/<wnid>/`` minus every wnid in ``exclude`` (the ImageNet-1k classes)."""
+
+    kind: Literal["imagenet22k"] = "imagenet22k"
+    path: str
+    exclude: str = Field(description="file of wnids to drop, one per line: all 1,000 ImageNet-1k classes")
+    size: int = _SIZE
+    per_class: int | None = Field(None, ge=1, description="at most this many images per class, drawn at random")
+    subset_seed: int = 0
+
+
+NormalSource = Annotated[
+    Union[DigitsSource, ImageFolderSource, Cifar10Source, Cifar100Source, IdxSource, ImageNet30Source, CubSource,
+          DtdSource, MVTecSource],
+    Field(discriminator="kind"),
+]
 CorpusSource = Annotated[
-    Union[NaturalPatchesSource, ImageFolderSource, Cifar10Source], Field(discriminator="kind")
+    Union[NaturalPatchesSource, ImageFolderSource, Cifar10Source, Cifar100Source, IdxSource, TinyImagesSource,
+          Random300kSource, ImageNet22kSource],
+    Field(discriminator="kind"),
 ]
 
 
@@ -165,8 +253,11 @@ class Config(_Section):
 # --- loading and overrides ------------------------------------------------------------
 
 
-def _section_fields(loc: tuple[Any, ...]) -> list[str]:
-    """Valid keys of the model that ``loc`` (an error location minus the bad key) points into."""
+def _section_fields(loc: tuple[Any, ...], kind: str | None = None) -> list[str]:
+    """Valid keys of the model that ``loc`` (an error location minus the bad key) points into.
+
+    In a data source, ``kind`` picks the source model; without it, the keys of every kind are listed.
+    """
     model: Any = Config
     for part in loc:
         field = model.model_fields.get(part) if isinstance(part, str) else None
@@ -177,17 +268,26 @@ def _section_fields(loc: tuple[Any, ...]) -> list[str]:
             model = annotation
         else:  # a discriminated source: list the union of its members' keys
             members = [a for a in getattr(annotation, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
-            return sorted({k for m in members for k in m.model_fields})
+            chosen = [m for m in members if kind in m.model_fields["kind"].annotation.__args__] or members
+            return sorted({k for m in chosen for k in m.model_fields})
     return sorted(model.model_fields)
+
+
+# The discriminator values pydantic puts into an error's location; they are not keys the user wrote.
+_SOURCE_KINDS = frozenset(
+    kind for union in (NormalSource, CorpusSource) for model in union.__origin__.__args__
+    for kind in model.model_fields["kind"].annotation.__args__
+)
 
 
 def _format(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in {"digits", "natural_patches", "imagefolder", "cifar10"}))
+        kind = next((p for p in e["loc"] if isinstance(p, str) and p in _SOURCE_KINDS), None)
+        loc = tuple(p for p in e["loc"] if not (isinstance(p, str) and p in _SOURCE_KINDS))
         key = ".".join(map(str, loc)) or "(top level)"
         if e["type"] == "extra_forbidden":
-            valid = ", ".join(_section_fields(loc[:-1]))
+            valid = ", ".join(_section_fields(loc[:-1], kind))
             lines.append(f"unknown key '{key}'; valid keys here: {valid}")
         else:
             lines.append(f"{key}: {e['msg']} (got {e.get('input')!r})")

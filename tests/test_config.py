@@ -88,8 +88,16 @@ def test_bad_literal_lists_the_allowed_values() -> None:
     assert "train.method" in message and "'hsc'" in message and "'bce'" in message and "'dsvdd'" in message
     message = _error({"search": {"mode": "median"}})
     assert "search.mode" in message and "'best'" in message and "'worst'" in message
-    message = _error({"data": {"normal": {"kind": "mnist"}}})
-    assert "'digits'" in message and "'imagefolder'" in message and "'cifar10'" in message
+    message = _error({"data": {"normal": {"kind": "svhn"}}})
+    assert "'digits'" in message and "'imagefolder'" in message and "'cifar10'" in message and "'mnist'" in message
+    message = _error({"data": {"normal": {"kind": "tiny_images", "path": "x"}}})  # a corpus, not normal data
+    assert "data.normal" in message and "'tiny_images'" in message and "'cifar100'" in message
+
+
+def test_unknown_key_lists_the_keys_of_that_source_kind() -> None:
+    message = _error({"data": {"corpus": {"kind": "imagenet22k", "path": "x", "exclude": "y", "count": 3}}})
+    assert "unknown key 'data.corpus.count'" in message
+    assert "valid keys here: exclude, kind, path, per_class, size, subset_seed" in message
 
 
 def test_bad_numbers() -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Collection
 
 import numpy as np
 from PIL import Image
@@ -18,7 +19,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 
 from oesearch.data.store import DataError, ImageStore
 
-__all__ = ["load_image_folder"]
+__all__ = ["decode_images", "load_image_folder"]
 
 _EXPECTED = (
     "expected an ImageFolder tree root/<class>/<image>.jpg|png... "
@@ -33,7 +34,14 @@ _HOW_TO_GET = (
 _CHUNK = 512
 
 
-def load_image_folder(root: Path, size: int | None = None, grayscale: bool | None = None) -> ImageStore:
+def load_image_folder(
+    root: Path,
+    size: int | None = None,
+    grayscale: bool | None = None,
+    exclude: Collection[str] = (),
+    per_class: int | None = None,
+    seed: int = 0,
+) -> ImageStore:
     """Decode every image under ``root/<class>/`` into one uint8 :class:`ImageStore`.
 
     Args:
@@ -45,6 +53,11 @@ def load_image_folder(root: Path, size: int | None = None, grayscale: bool | Non
         grayscale: ``True`` gives 1 channel (PIL mode ``L``), ``False`` gives
             3 channels (RGB).  ``None`` keeps RGB unless every image is stored
             in mode ``L``, in which case the store has 1 channel.
+        exclude: class folder names to leave out (e.g. the ImageNet-1k wnids);
+            the remaining classes are numbered in sorted order.
+        per_class: keep at most this many images per class, drawn without
+            replacement by ``seed`` (the paper's CUB/DTD subset of ImageNet-22k
+            keeps 2 per class).
 
     Returns:
         images (N, H, W, C) uint8, labels (N,) int64 indexing ``class_names``.
@@ -54,21 +67,54 @@ def load_image_folder(root: Path, size: int | None = None, grayscale: bool | Non
             images, an image cannot be decoded, or the sizes differ and no
             ``size`` was given.
     """
-    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-        raise ValueError(f"size must be a positive int or None, got {size!r}")
     root = Path(root).expanduser()
     if not root.is_dir():
         what = "is not a directory" if root.exists() else "does not exist"
         raise DataError(f"image folder {root} {what}; {_EXPECTED}. {_HOW_TO_GET}")
+    if per_class is not None and per_class < 1:
+        raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
     try:
-        classes, class_to_idx = find_classes(root)
-        samples = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS)
+        excluded = set(exclude)
+        classes = [name for name in find_classes(root)[0] if name not in excluded]
+        if not classes:
+            raise FileNotFoundError(f"every class folder in {root} is excluded.")
+        samples = make_dataset(root, {name: i for i, name in enumerate(classes)}, extensions=IMG_EXTENSIONS)
     except FileNotFoundError as err:
         # torchvision says "no class folder" or "no valid file for the classes ...".
         raise DataError(f"no images found under {root}: {err} {_EXPECTED}. {_HOW_TO_GET}") from err
 
     paths = [Path(path) for path, _ in samples]
     labels = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))
+    if per_class is not None:
+        keep = _at_most_per_class(labels, per_class, seed)
+        paths, labels = [paths[i] for i in keep], labels[keep]
+    return decode_images(paths, labels, tuple(classes), size, grayscale, root)
+
+
+def _at_most_per_class(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted positions of at most ``per_class`` entries of each label, drawn without replacement."""
+    rng = np.random.default_rng(seed)
+    keep = [rng.choice(members, min(per_class, len(members)), replace=False)
+            for members in (np.flatnonzero(labels == c) for c in np.unique(labels))]
+    return np.sort(np.concatenate(keep))
+
+
+def decode_images(
+    paths: list[Path],
+    labels: np.ndarray,
+    class_names: tuple[str, ...],
+    size: int | None = None,
+    grayscale: bool | None = None,
+    root: Path | None = None,
+) -> ImageStore:
+    """Decode image files into one store, in parallel; ``size`` and ``grayscale`` as in :func:`load_image_folder`.
+
+    ``root`` only names the folder in the error about differing sizes.
+    """
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"size must be a positive int or None, got {size!r}")
+    if not paths:
+        raise DataError(f"no images to decode under {root}")
     mode = None if grayscale is None else ("L" if grayscale else "RGB")
 
     chunks = [paths[i : i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
@@ -83,7 +129,8 @@ def load_image_folder(root: Path, size: int | None = None, grayscale: bool | Non
         if array.shape[:2] != (height, width):
             raise DataError(
                 f"{path} is {array.shape[1]}x{array.shape[0]} (WxH) but {paths[0]} is {width}x{height}; "
-                f"images in {root} differ in size: pass the `size` option to resize them all to size x size"
+                f"images in {root or paths[0].parent} differ in size: "
+                "pass the `size` option to resize them all to size x size"
             )
 
     if mode is None and any(array.ndim == 3 for array in decoded):
@@ -92,7 +139,7 @@ def load_image_folder(root: Path, size: int | None = None, grayscale: bool | Non
     images = np.stack(decoded)
     if images.ndim == 3:
         images = images[:, :, :, None]
-    return ImageStore(images, labels, tuple(classes))
+    return ImageStore(images, labels, class_names)
 
 
 def _decode(path: Path, mode: str | None, size: int | None) -> np.ndarray:
