@@ -19,7 +19,10 @@ from oesearch.models import build_model
 from oesearch.training.metrics import roc_auc
 from oesearch.training.objectives import Objective
 
-__all__ = ["TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor"]
+__all__ = [
+    "TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor",
+    "seeded_model", "balanced_batches", "anomaly_scores",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -88,6 +91,31 @@ class TrainResult:
     auc: float
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    step_losses: list[float] = field(default_factory=list)  # the first ``record_steps`` steps' losses
+
+
+def seeded_model(image_shape: tuple[int, int, int], head: bool, seed: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A fresh phi initialised from ``seed`` (in float32, then cast), without touching the global RNG."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return build_model(image_shape, head=head).to(device, dtype)
+
+
+def balanced_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen: torch.Generator):
+    """One epoch of (normal, outliers) batches drawn from ``gen``.
+
+    The single definition of the sampling order: a permutation per epoch, then
+    per step the OE slots.  The packed trainer replays it per candidate, so a
+    packed candidate sees exactly the batches of an unpacked training.
+    """
+    device = train.device
+    n = train.shape[0]
+    order = torch.randperm(n, generator=gen, device=device)
+    for lo in range(0, n, batch_size):
+        normal = train[order[lo : lo + batch_size]]
+        b = normal.shape[0]
+        yield normal, oe[torch.randint(len(oe), (b,), generator=gen, device=device)]
 
 
 def train_and_evaluate(
@@ -96,6 +124,7 @@ def train_and_evaluate(
     objective: Objective,
     settings: TrainSettings,
     seed: int,
+    record_steps: int = 0,
 ) -> TrainResult:
     """Train a fresh phi with ``oe_images`` as the only outliers; return its test AUC.
 
@@ -105,25 +134,20 @@ def train_and_evaluate(
     """
     start = time.perf_counter()
     device = task.train.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = build_model(task.image_shape, head=objective.head).to(device)
+    model = seeded_model(task.image_shape, objective.head, seed, device, task.train.dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
     oe = task.normalise(oe_images)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
 
-    n = task.train.shape[0]
-    bs = settings.batch_size
+    steps = math.ceil(task.train.shape[0] / settings.batch_size)
     epoch_losses: list[float] = []
+    recorded: list[torch.Tensor] = []  # detached step losses, read once at the end (no sync per step)
     model.train()
     for epoch in range(settings.epochs):
-        order = torch.randperm(n, generator=gen, device=device)
         total = torch.zeros((), device=device)
-        for lo in range(0, n, bs):
-            normal = task.train[order[lo : lo + bs]]
+        for normal, outliers in balanced_batches(task.train, oe, settings.batch_size, gen):
             b = normal.shape[0]
-            outliers = oe[torch.randint(len(oe), (b,), generator=gen, device=device)]
             x = torch.cat([normal, outliers])
             is_outlier = torch.arange(2 * b, device=device) >= b
             loss = objective.loss(model(x), is_outlier).mean()
@@ -131,8 +155,10 @@ def train_and_evaluate(
             loss.backward()
             optimiser.step()
             total += loss.detach()
+            if len(recorded) < record_steps:
+                recorded.append(loss.detach())
         schedule.step()
-        mean_loss = total.item() / math.ceil(n / bs)
+        mean_loss = total.item() / steps
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"loss became {mean_loss} in epoch {epoch + 1}/{settings.epochs}")
         epoch_losses.append(mean_loss)
@@ -141,7 +167,8 @@ def train_and_evaluate(
     if not np.all(np.isfinite(scores)):
         raise NonFiniteLossError("the trained model produced non-finite anomaly scores")
     auc = roc_auc(task.test_anomalous, scores)
-    return TrainResult(auc=auc, epoch_losses=epoch_losses, seconds=time.perf_counter() - start)
+    step_losses = torch.stack(recorded).tolist() if recorded else []
+    return TrainResult(auc=auc, epoch_losses=epoch_losses, seconds=time.perf_counter() - start, step_losses=step_losses)
 
 
 @torch.no_grad()
