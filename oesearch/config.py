@@ -18,6 +18,8 @@ __all__ = [
     "Config",
     "DataConfig",
     "TrainConfig",
+    "AugmentConfig",
+    "FilterConfig",
     "SearchConfig",
     "RunConfig",
     "load_config",
@@ -85,6 +87,23 @@ class DataConfig(_Section):
 # --- training, search, run ----------------------------------------------------------
 
 
+class AugmentConfig(_Section):
+    """Batch augmentation on the device (SPEC section 5: full benchmarks only; off for searches)."""
+
+    crop: int = Field(0, ge=0, description="zero padding in pixels before a random crop back to size; 0: off")
+    flip: bool = Field(False, description="random horizontal flip")
+    brightness: float = Field(0.0, ge=0, description="brightness factor from [1-b, 1+b]; 0: off")
+    contrast: float = Field(0.0, ge=0, description="contrast factor from [1-c, 1+c]; 0: off")
+    noise: float = Field(0.0, ge=0, description="std of Gaussian pixel noise (pixels in [0, 1]); 0: off")
+
+
+class FilterConfig(_Section):
+    """Frequency filter on every image: train, OE and test (paper Appendix C)."""
+
+    kind: Literal["none", "lpf", "hpf"] = "none"
+    magnitude: int = Field(0, ge=0, description="LPF: rows/columns zeroed at each edge; HPF: side of the zeroed centre")
+
+
 class TrainConfig(_Section):
     method: Literal["hsc", "bce"] = "hsc"
     hsc_radial: Literal["pseudo_huber", "l1", "l2", "l2_squared"] = "pseudo_huber"
@@ -95,6 +114,8 @@ class TrainConfig(_Section):
     milestones: tuple[int, ...] = (8,)
     batch_size: int = Field(32, ge=1, description="per side: B normal + B OE images per step")
     weight_decay: float = Field(0.0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    filter: FilterConfig = FilterConfig()
 
     @model_validator(mode="after")
     def _milestones_within_epochs(self) -> "TrainConfig":

@@ -37,12 +37,14 @@ def _float64(task: PreparedTask) -> PreparedTask:
 
 
 SMALL = _task(8, 1, 320)
-# In float32 the CIFAR net's grouped first convolution and batched matmuls round differently from
-# the separate layers (~1e-6 relative), and Adam's first steps amplify that to ~1e-3 by step 20
-# (the unpacked trainer is just as sensitive to any change of kernel).  Float64 shows the two
-# computations are the same; the 8x8 net agrees in float32 too.
-CIFAR_SIZED = _float64(_task(32, 3, 80))
 HARD = _task(8, 1, 320, extra=12)  # subtle anomalies: AUCs well below 1, so agreement is informative
+# The step-loss comparisons run in float64.  In float32 the grouped convolutions and batched
+# matmuls round differently from the separate layers (~1e-7 relative), and Adam's first steps
+# amplify any such difference: the *unpacked* CIFAR-sized trainer alone differs by ~4e-2 relative
+# within 20 steps between 1 and 2 CPU threads.  Float64 shows the two computations are the same;
+# the float32 AUC test below shows it does not matter where it counts.
+SMALL64 = _float64(SMALL)
+CIFAR_SIZED = _float64(_task(32, 3, 80))
 SEEDS = [3, 17, 29, 101]
 # One OE image per candidate, different for each: the candidates differ in data and seed.
 OES = [_images(1, 8, 1, True) for _ in SEEDS]
@@ -67,8 +69,8 @@ def test_packed_network_equals_the_separate_networks(method: str) -> None:
 
 @pytest.mark.parametrize("k", [1, 4])
 @pytest.mark.parametrize("task, oes, method, batch", [
-    (SMALL, OES, "hsc", 16), (SMALL, OES, "bce", 16), (CIFAR_SIZED, OES_RGB, "hsc", 4)],
-    ids=["8x8-hsc-float32", "8x8-bce-float32", "32x32x3-hsc-float64"])
+    (SMALL64, OES, "hsc", 16), (SMALL64, OES, "bce", 16), (CIFAR_SIZED, OES_RGB, "hsc", 4)],
+    ids=["8x8-hsc", "8x8-bce", "32x32x3-hsc"])
 def test_first_20_step_losses_match_unpacked(k: int, task: PreparedTask, oes: list, method: str, batch: int) -> None:
     objective = make_objective(method)
     settings = TrainSettings(epochs=1, batch_size=batch, milestones=())  # 320 / 16 = 80 / 4 = 20 steps

@@ -24,8 +24,9 @@ from oesearch.search.problem import FitnessProblem
 from oesearch.search.worker import FitnessWorker, WorkerSpec
 from oesearch.seeding import derive_seed
 from oesearch.training import TrainSettings
+from oesearch.training.augment import Augment, filter_mask
 
-__all__ = ["SearchData", "prepare", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
+__all__ = ["SearchData", "prepare", "worker_spec", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
 
 
 @dataclass
@@ -68,6 +69,13 @@ def check_against_data(config: Config, data: SearchData) -> None:
         raise ConfigError(f"search.pool={s.pool} exceeds the corpus of {n} images; set search.pool <= {n} or 'all'")
     if s.k_nearest >= n:
         raise ConfigError(f"search.k_nearest={s.k_nearest} must be smaller than the corpus of {n} images")
+    f = config.train.filter
+    if f.kind != "none":
+        height, width = data.task.image_shape[:2]
+        try:
+            filter_mask(f.kind, f.magnitude, height, width)
+        except ValueError as err:
+            raise ConfigError(f"train.filter: {err}") from None
     needed = s.population * s.oe_size * (s.generations + 1 if s.strategy == "random" else 1)
     if needed > n:
         what = "random search's budget" if s.strategy == "random" else "initial population"
@@ -82,13 +90,20 @@ def validation_seeds(config: Config) -> list[int]:
     return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
 
 
+def worker_spec(config: Config) -> WorkerSpec:
+    """How workers train and score, from the ``train`` section."""
+    t = config.train
+    settings = TrainSettings(epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
+                             weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()))
+    filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
+    return WorkerSpec(t.method, t.hsc_radial, settings, filt)
+
+
 def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any,
                 log: Callable[[str], None]) -> tuple[Dispatcher, str]:
     """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images."""
-    r, t = config.run, config.train
-    spec = WorkerSpec(t.method, t.hsc_radial, TrainSettings(
-        epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
-        weight_decay=t.weight_decay))
+    r = config.run
+    spec = worker_spec(config)
     count, options, kind = plan_workers(r.workers, r.gpus_per_worker, log=log)
     images = data.corpus.images
 

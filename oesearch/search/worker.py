@@ -30,6 +30,7 @@ class WorkerSpec:
     method: str
     hsc_radial: str
     settings: TrainSettings
+    filter: tuple[str, int] | None = None  # frequency filter on every image, e.g. ("lpf", 14)
 
 
 def worker_identity() -> dict[str, str]:
@@ -49,7 +50,7 @@ class _FitnessWorker:
         if self.device.type == "cpu":
             # One thread per reserved CPU: oversubscribing cores slows every worker.
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
-        self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device)
+        self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
         self.objective = make_objective(spec.method, spec.hsc_radial)
         self.settings = spec.settings
         self.identity = worker_identity()

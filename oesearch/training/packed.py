@@ -128,6 +128,7 @@ def train_packed(
     model = PackedLeNet(nets).to(device, task.train.dtype)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     oes = [task.normalise(images) for images in oe_images]
+    augment = task.augmenter(settings.augment)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
     steps = math.ceil(task.train.shape[0] / settings.batch_size)
@@ -137,11 +138,11 @@ def train_packed(
     model.train()
     for _ in range(settings.epochs):
         total = torch.zeros(k, device=device, dtype=task.train.dtype)
-        streams = [balanced_batches(task.train, oe, settings.batch_size, g) for oe, g in zip(oes, gens)]
-        for pairs in zip(*streams):
-            b = pairs[0][0].shape[0]
+        streams = [balanced_batches(task.train, oe, settings.batch_size, g, augment) for oe, g in zip(oes, gens)]
+        for batches in zip(*streams):
+            b = batches[0].shape[0] // 2
             # (2b, K, C, H, W) -> (2b, K*C, H, W): candidate k owns channel block k.
-            x = torch.stack([torch.cat(p) for p in pairs], dim=1).flatten(1, 2)
+            x = torch.stack(batches, dim=1).flatten(1, 2)
             is_outlier = torch.arange(2 * b, device=device) >= b
             losses = _per_candidate_loss(objective, model(x), is_outlier)
             alive &= torch.isfinite(losses)
