@@ -173,6 +173,17 @@ class RunConfig(_Section):
                              "raised, NaN loss, timed out)")
     eval_timeout: float | None = Field(None, gt=0, description="seconds after which a running evaluation counts "
                                        "as hung: its worker is replaced and the evaluation retried; None: no limit")
+    pack: int | Literal["auto"] = Field(1, description="trainings per worker call, trained as one packed program; "
+                                        "'auto': what each worker's free GPU memory holds (1 on CPU, where training is "
+                                        "compute-bound). Above 1, float rounding depends on which jobs share a call, "
+                                        "so results are reproducible only to within that")
+
+    @field_validator("pack")
+    @classmethod
+    def _positive_pack(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("pack must be a positive integer or 'auto'")
+        return value
 
 
 class Config(_Section):

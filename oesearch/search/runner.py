@@ -112,7 +112,8 @@ def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any
 
     task_ref = ray.put(data.task)  # one copy in the object store, shared by every worker
     dispatcher = Dispatcher(worker_class, (task_ref, spec), payload, count, options, max_retries=r.max_retries,
-                            eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}")
+                            eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}",
+                            pack=None if r.pack == "auto" else r.pack)
     return dispatcher, kind
 
 
