@@ -21,6 +21,7 @@ __all__ = [
     "AugmentConfig",
     "FilterConfig",
     "SearchConfig",
+    "IndexConfig",
     "RunConfig",
     "load_config",
     "apply_overrides",
@@ -124,6 +125,15 @@ class TrainConfig(_Section):
         return self
 
 
+class IndexConfig(_Section):
+    """The neighbour index: exact ``flat``, or ``ivf`` / ``ivfpq`` for corpora past about 1M items."""
+
+    kind: Literal["flat", "ivf", "ivfpq"] = "flat"
+    nlist: int | None = Field(None, ge=1, description="IVF cells; None: about 4 * sqrt(corpus size)")
+    nprobe: int = Field(32, ge=1, description="IVF cells searched per draw (>= nlist: exhaustive)")
+    pq_m: int = Field(64, ge=1, description="ivfpq: bytes per vector; must divide the image size H*W*C")
+
+
 class SearchConfig(_Section):
     mode: Literal["best", "worst"] = "worst"
     strategy: Literal["evolution", "random"] = "evolution"
@@ -138,6 +148,7 @@ class SearchConfig(_Section):
     oe_size: int = Field(1, ge=1, description="corpus images per individual")
     hall_of_fame: int = Field(5, ge=1)
     validation_seeds: int = Field(5, ge=0, description="fresh seeds to re-score the hall of fame")
+    index: IndexConfig = IndexConfig()
 
     @field_validator("pool")
     @classmethod

@@ -225,3 +225,10 @@ def test_augment_and_filter_are_off_by_default_and_strict() -> None:
     spec = worker_spec(load_config(None, ["train.augment.crop=4", "train.augment.flip=true",
                                           "train.filter.kind=hpf", "train.filter.magnitude=14"]))
     assert spec.settings.augment.crop == 4 and spec.settings.augment.flip and spec.filter == ("hpf", 14)
+
+
+def test_index_section_is_strict() -> None:
+    assert Config().search.index.kind == "flat"
+    assert "unknown key 'search.index.probes'" in _error({"search": {"index": {"probes": 3}}})
+    assert "search.index.kind" in _error({"search": {"index": {"kind": "hnsw"}}})
+    assert "run.pack" in _error({"run": {"pack": 0}})

@@ -44,14 +44,20 @@ def load_search_data(config: Config, log: Callable[[str], None] = print) -> Sear
     task = one_vs_rest(train, test, d.normal_class)
     corpus = load_corpus(d.corpus, task.image_shape, d.cache_dir)
     start = time.perf_counter()
+    ix = config.search.index
+    if ix.kind == "ivfpq" and int(np.prod(task.image_shape)) % ix.pq_m:
+        raise ConfigError(f"search.index.pq_m={ix.pq_m} must divide the image size {int(np.prod(task.image_shape))}")
     key = corpus_key(d.corpus, task.image_shape)
+    if ix.kind != "flat":  # the flat index keeps its old cache name; IVF ones carry their build settings
+        key = f"{key}-{ix.kind}-{ix.nlist or 'auto'}" + (f"-pq{ix.pq_m}" if ix.kind == "ivfpq" else "")
     cache_path = Path(d.cache_dir).expanduser() / f"{key}.faiss"
-    index = NeighbourIndex.build_or_load(lambda: index_inputs(corpus), cache_path, key, len(corpus))
+    index = NeighbourIndex.build_or_load(lambda: index_inputs(corpus), cache_path, key, len(corpus), kind=ix.kind,
+                                         nlist=ix.nlist, nprobe=ix.nprobe, pq_m=ix.pq_m)
     how = "loaded" if index.loaded_from_cache else f"built in {index.build_seconds:.2f}s"
     log(
         f"data: {len(task.train)} normal training images of class {task.normal_class} ({task.class_name}), "
         f"{len(task.test)} test images, corpus of {len(corpus)} {task.image_shape} images; "
-        f"neighbour index {how} ({index.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
+        f"{index.kind} neighbour index {how} ({index.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
     )
     return SearchData(task, corpus, index)
 
