@@ -255,7 +255,7 @@ class NeighbourIndex:
         return np.concatenate([self._group_order[a:b] for a, b in zip(lo, hi)])
 
     def nearest(
-        self, query_ids: Sequence[int], pool: np.ndarray | None, k: int
+        self, query_ids: Sequence[int], pool: np.ndarray | None, k: int, *, _sampled: bool = False
     ) -> np.ndarray:
         """The up-to-``k`` candidates of a pool, nearest first.
 
@@ -282,7 +282,9 @@ class NeighbourIndex:
             selector = faiss.IDSelectorNot(inner)
             search_k = min(k, self.size)
         else:
-            candidates = self._check_pool(pool)
+            # A pool draw() sampled without replacement is distinct and in range by construction:
+            # skipping the np.unique check saves ~0.9 ms of a 10,000-item draw.
+            candidates = np.asarray(pool, dtype=np.int64) if _sampled else self._check_pool(pool)
             candidates = candidates[~np.isin(candidates, excluded)]
             if candidates.size == 0:
                 return candidates
@@ -328,7 +330,7 @@ class NeighbourIndex:
         """
         self.validate(pool_size, k)
         pool = None if pool_size is None else rng.choice(self.size, size=pool_size, replace=False)
-        candidates = self.nearest(query_ids, pool, k)
+        candidates = self.nearest(query_ids, pool, k, _sampled=pool is not None)
         if candidates.size == 0:
             where = "the corpus" if pool is None else f"the pool of {pool_size}"
             raise ValueError(

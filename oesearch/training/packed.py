@@ -88,11 +88,11 @@ class PackedResult:
 def auto_pack(device: torch.device, requested: int | None = None, per_candidate: int = CANDIDATE_BYTES) -> int:
     """K: ``requested`` if given; on CUDA what free memory holds (90%); on CPU 1.
 
-    On CPU, training is compute-bound and packing saves no arithmetic; it still
-    saves per-operation overhead (``benchmarks/throughput.py`` measures how
-    much), but K = 1 keeps a search bit-reproducible (with K > 1 a training's
-    rounding depends on which candidates share its call), so CPU asks for it
-    explicitly with ``run.pack``.
+    On CPU, training is compute-bound and packing saves no arithmetic:
+    ``benchmarks/throughput.py`` measured K = 2..8 at 0.6-0.9x the evaluations
+    per hour of K = 1 on the project's 2-core VM (once 1.1-1.6x, while another
+    job loaded the cores).  K = 1 also keeps a search bit-reproducible (with
+    K > 1 a training's rounding depends on which candidates share its call).
     """
     if requested:
         return requested
