@@ -118,3 +118,24 @@ def test_real_workers_pack_jobs_and_match_unpacked_trainings(local_ray) -> None:
     for row in seen:  # each packed candidate against its own unpacked training, in this process
         single = train_and_evaluate(prepared, corpus[row["indices"]], make_objective("hsc"), spec.settings, row["seed"])
         assert abs(row["auc"] - single.auc) < 0.01, (row, single.auc)
+
+
+def test_a_search_with_run_pack_trains_its_jobs_packed(local_ray, tmp_path, cache_dir) -> None:
+    from collections import Counter
+
+    from conftest import tiny_config
+    from oesearch.config import config_from_dict
+    from oesearch.results import RunDir
+    from oesearch.search.runner import prepare, run_search
+
+    config = config_from_dict(tiny_config(cache_dir, population=4, generations=1)
+                              | {"run": {"workers": 1, "seed": 7, "pack": 4}})
+    data = prepare(config, log=lambda _: None)
+    rundir = RunDir.create(tmp_path, "packed")
+    run_search(config, rundir, data=data, log=lambda _: None, progress=False)
+    rows = rundir.journal_rows()
+    assert rows and all(r["status"] == "ok" and r["attempts"] == 1 for r in rows)
+    gen0 = [r for r in rows if r["purpose"] == "search" and r["generation"] == 0]
+    assert len(gen0) == 8  # 4 individuals x 2 seeds, each journaled once
+    # One worker, K = 4: generation 0 is two packed calls, whose rows share the call's time per job.
+    assert max(Counter(r["seconds"] for r in gen0).values()) >= 4
