@@ -18,7 +18,10 @@ __all__ = [
     "Config",
     "DataConfig",
     "TrainConfig",
+    "AugmentConfig",
+    "FilterConfig",
     "SearchConfig",
+    "IndexConfig",
     "RunConfig",
     "load_config",
     "apply_overrides",
@@ -173,6 +176,23 @@ class DataConfig(_Section):
 # --- training, search, run ----------------------------------------------------------
 
 
+class AugmentConfig(_Section):
+    """Batch augmentation on the device (SPEC section 5: full benchmarks only; off for searches)."""
+
+    crop: int = Field(0, ge=0, description="zero padding in pixels before a random crop back to size; 0: off")
+    flip: bool = Field(False, description="random horizontal flip")
+    brightness: float = Field(0.0, ge=0, description="brightness factor from [1-b, 1+b]; 0: off")
+    contrast: float = Field(0.0, ge=0, description="contrast factor from [1-c, 1+c]; 0: off")
+    noise: float = Field(0.0, ge=0, description="std of Gaussian pixel noise (pixels in [0, 1]); 0: off")
+
+
+class FilterConfig(_Section):
+    """Frequency filter on every image: train, OE and test (paper Appendix C)."""
+
+    kind: Literal["none", "lpf", "hpf"] = "none"
+    magnitude: int = Field(0, ge=0, description="LPF: rows/columns zeroed at each edge; HPF: side of the zeroed centre")
+
+
 class TrainConfig(_Section):
     method: Literal["hsc", "bce"] = "hsc"
     hsc_radial: Literal["pseudo_huber", "l1", "l2", "l2_squared"] = "pseudo_huber"
@@ -183,12 +203,23 @@ class TrainConfig(_Section):
     milestones: tuple[int, ...] = (8,)
     batch_size: int = Field(32, ge=1, description="per side: B normal + B OE images per step")
     weight_decay: float = Field(0.0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    filter: FilterConfig = FilterConfig()
 
     @model_validator(mode="after")
     def _milestones_within_epochs(self) -> "TrainConfig":
         if any(m < 1 or m > self.epochs for m in self.milestones):
             raise ValueError(f"milestones {list(self.milestones)} must lie in [1, epochs={self.epochs}]")
         return self
+
+
+class IndexConfig(_Section):
+    """The neighbour index: exact ``flat``, or ``ivf`` / ``ivfpq`` for corpora past about 1M items."""
+
+    kind: Literal["flat", "ivf", "ivfpq"] = "flat"
+    nlist: int | None = Field(None, ge=1, description="IVF cells; None: about 4 * sqrt(corpus size)")
+    nprobe: int = Field(32, ge=1, description="IVF cells searched per draw (>= nlist: exhaustive)")
+    pq_m: int = Field(64, ge=1, description="ivfpq: bytes per vector; must divide the image size H*W*C")
 
 
 class SearchConfig(_Section):
@@ -205,6 +236,7 @@ class SearchConfig(_Section):
     oe_size: int = Field(1, ge=1, description="corpus images per individual")
     hall_of_fame: int = Field(5, ge=1)
     validation_seeds: int = Field(5, ge=0, description="fresh seeds to re-score the hall of fame")
+    index: IndexConfig = IndexConfig()
 
     @field_validator("pool")
     @classmethod
@@ -240,6 +272,17 @@ class RunConfig(_Section):
                              "raised, NaN loss, timed out)")
     eval_timeout: float | None = Field(None, gt=0, description="seconds after which a running evaluation counts "
                                        "as hung: its worker is replaced and the evaluation retried; None: no limit")
+    pack: int | Literal["auto"] = Field(1, description="trainings per worker call, trained as one packed program; "
+                                        "'auto': what each worker's free GPU memory holds (1 on CPU, where training is "
+                                        "compute-bound). Above 1, float rounding depends on which jobs share a call, "
+                                        "so results are reproducible only to within that")
+
+    @field_validator("pack")
+    @classmethod
+    def _positive_pack(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("pack must be a positive integer or 'auto'")
+        return value
 
 
 class Config(_Section):

@@ -219,3 +219,24 @@ def test_cli_reports_config_errors_with_exit_code_2(argv: list[str], expected: s
     import ray
 
     assert not ray.is_initialized()
+
+
+def test_augment_and_filter_are_off_by_default_and_strict() -> None:
+    from oesearch.search.runner import worker_spec
+
+    default = worker_spec(Config())
+    assert not default.settings.augment.active and default.filter is None
+    message = _error({"train": {"augment": {"crop": 4, "rotate": 10}}})
+    assert "unknown key 'train.augment.rotate'" in message and "flip" in message and "noise" in message
+    assert "train.augment.crop" in _error({"train": {"augment": {"crop": -1}}})
+    assert "train.filter.kind" in _error({"train": {"filter": {"kind": "bandpass"}}})
+    spec = worker_spec(load_config(None, ["train.augment.crop=4", "train.augment.flip=true",
+                                          "train.filter.kind=hpf", "train.filter.magnitude=14"]))
+    assert spec.settings.augment.crop == 4 and spec.settings.augment.flip and spec.filter == ("hpf", 14)
+
+
+def test_index_section_is_strict() -> None:
+    assert Config().search.index.kind == "flat"
+    assert "unknown key 'search.index.probes'" in _error({"search": {"index": {"probes": 3}}})
+    assert "search.index.kind" in _error({"search": {"index": {"kind": "hnsw"}}})
+    assert "run.pack" in _error({"run": {"pack": 0}})

@@ -268,3 +268,55 @@ def test_no_candidate_left_raises() -> None:
         small.draw([0], np.random.default_rng(0), 4, 2)
     with pytest.raises(ValueError, match="no candidate left"):
         small.draw([1, 2], np.random.default_rng(0), None, 2)
+
+
+# ------------------------------------------------------------------ IVF / IVF-PQ (corpora past ~1M)
+
+NLIST = 16
+
+
+@pytest.fixture(scope="module")
+def ivf(vectors: np.ndarray, groups: np.ndarray) -> NeighbourIndex:
+    return NeighbourIndex(vectors, groups, kind="ivf", nlist=NLIST, nprobe=NLIST)
+
+
+@pytest.mark.parametrize("queries", [[3], [100, 1500], [7, 8]])
+def test_exhaustive_ivf_matches_brute_force(ivf: NeighbourIndex, vectors: np.ndarray, groups: np.ndarray,
+                                            queries: list[int]) -> None:
+    assert ivf.kind == "ivf"
+    pool = np.random.default_rng(queries[0]).choice(N, size=POOL, replace=False)
+    pool = np.unique(np.concatenate([pool, np.flatnonzero(np.isin(groups, groups[queries]))]))
+    assert_is_knn(ivf.nearest(queries, pool, K), vectors, pool, groups, queries, K)
+    assert_is_knn(ivf.nearest(queries, None, K), vectors, np.arange(N), groups, queries, K)
+
+
+def test_probing_few_cells_ranks_exactly_among_what_it_scans(vectors: np.ndarray, groups: np.ndarray) -> None:
+    # nprobe < nlist: candidates are eligible pool members, nearest first by the true distance,
+    # but the true k nearest may sit in cells it did not probe.
+    few = NeighbourIndex(vectors, groups, kind="ivf", nlist=NLIST, nprobe=4)
+    pool = np.random.default_rng(5).choice(N, size=1000, replace=False)
+    got = few.nearest([42], pool, K)
+    assert 0 < len(got) <= K and len(np.unique(got)) == len(got)
+    assert np.isin(got, eligible(pool, groups, [42])).all()
+    dist = summed_sq_dist(vectors, got, [42])
+    assert (np.diff(dist) >= -dist.max() * RTOL).all()
+
+
+def test_ivfpq_is_compact_and_its_candidates_are_eligible(vectors: np.ndarray, groups: np.ndarray,
+                                                          index: NeighbourIndex, tmp_path: Path) -> None:
+    pq = NeighbourIndex(vectors, groups, kind="ivfpq", nlist=NLIST, nprobe=NLIST, pq_m=16)
+    assert pq.kind == "ivfpq" and pq.memory_bytes < index.memory_bytes / 4
+    pool = np.random.default_rng(6).choice(N, size=POOL, replace=False)
+    got = pq.nearest([3], pool, K)
+    allowed = eligible(pool, groups, [3])
+    assert len(got) == K and np.isin(got, allowed).all() and len(np.unique(got)) == K
+    # Approximate: better than chance (K / |allowed| = 5%) at finding the true K nearest.
+    true = allowed[np.argsort(summed_sq_dist(vectors, allowed, [3]))[:K]]
+    assert len(np.intersect1d(got, true)) >= K // 4
+    # Persisted and reloaded: same kind, same probes, same answers.
+    pq.save(tmp_path / "pq.faiss", key="k")
+    loaded = NeighbourIndex.load(tmp_path / "pq.faiss")
+    assert loaded.kind == "ivfpq" and loaded.ivf.nprobe == NLIST
+    np.testing.assert_array_equal(loaded.nearest([3], pool, K), got)
+    with pytest.raises(ValueError, match="must divide"):
+        NeighbourIndex(vectors, groups, kind="ivfpq", nlist=NLIST, pq_m=7)

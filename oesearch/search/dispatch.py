@@ -14,11 +14,18 @@ Every job is retried at most ``max_retries`` times; one that still fails is
 handed back as a failed row with its last reason.  Each job reaches ``on_row``
 exactly once.  Any actor class with ``ready()`` and ``evaluate(job, *payload)``
 can be dispatched (the benchmarks use a sleeping one).
+
+With ``pack`` K > 1 (or ``None``: the K each worker reports in ``ready()``),
+up to K pending jobs go to a worker as one ``evaluate_batch(jobs, payloads)``
+call that trains them as one packed program.  A packed call that raises, hangs
+or loses its worker retries each of its jobs; a failed row retries only its
+job.  With K = 1 every call is one ``evaluate``, exactly as without packing.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -80,10 +87,15 @@ def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: floa
 
 @dataclass(eq=False)
 class _Flight:
-    job: Job
+    job: Job  # for a packed call: its first job (names it in logs)
     attempt: int  # 0 for the first try
     ref: ray.ObjectRef
     slot: int
+    batch: Optional[list[tuple[Job, int]]] = None  # a packed call's (job, attempt) pairs; None: one job
+
+    @property
+    def items(self) -> list[tuple[Job, int]]:
+        return self.batch if self.batch is not None else [(self.job, self.attempt)]
 
 
 @dataclass(eq=False)
@@ -115,6 +127,7 @@ class Dispatcher:
         eval_timeout: float | None = None,
         name: str = "oesearch",
         max_start_failures: int = 3,
+        pack: int | None = 1,
     ) -> None:
         self.actor_class = actor_class
         self.actor_args = actor_args
@@ -124,6 +137,7 @@ class Dispatcher:
         self.eval_timeout = eval_timeout
         self.name = name
         self.max_start_failures = max_start_failures
+        self.pack = pack
         self.replaced = 0  # workers started to replace dead or hung ones
         self.retries = 0  # job attempts beyond the first
         self.slots = [self._new_slot(i) for i in range(count)]
@@ -166,6 +180,9 @@ class Dispatcher:
             log.warning("worker %d failed to start (%s); starting another", i, type(err).__name__)
             self._replace(i, kill=False, start_failed=True)
 
+    def _pack_of(self, slot: _Slot) -> int:
+        return self.pack if self.pack is not None else max(1, int(slot.info.get("pack", 1)))
+
     @property
     def ready_count(self) -> int:
         return sum(s.usable for s in self.slots)
@@ -177,13 +194,26 @@ class Dispatcher:
         flights: dict[ray.ObjectRef, _Flight] = {}
         last_progress = time.monotonic()
 
-        def submit(job: Job, attempt: int) -> None:
-            i = min((i for i, s in enumerate(self.slots) if s.usable), key=lambda i: len(self.slots[i].queue))
+        def submit() -> None:
+            usable = [i for i, s in enumerate(self.slots) if s.usable]
+            i = min(usable, key=lambda i: len(self.slots[i].queue))
             slot = self.slots[i]
-            ref = slot.actor.evaluate.options(name=job.name).remote(job, *self.payload(job))
+            k = self._pack_of(slot)
+            if k > 1:  # in a generation's tail, spread the rest over the idle workers
+                idle = sum(1 for j in usable if not self.slots[j].queue) or len(usable)
+                k = min(k, len(pending), max(1, math.ceil(len(pending) / idle)))
+            if k == 1:
+                job, attempt = pending.popleft()
+                ref = slot.actor.evaluate.options(name=job.name).remote(job, *self.payload(job))
+                flight = _Flight(job, attempt, ref, i)
+            else:
+                batch = [pending.popleft() for _ in range(k)]
+                jobs = [job for job, _ in batch]
+                ref = slot.actor.evaluate_batch.options(name=f"packed{k}:{jobs[0].name}").remote(
+                    jobs, [self.payload(job) for job in jobs])
+                flight = _Flight(jobs[0], batch[0][1], ref, i, batch=batch)
             if not slot.queue:
                 slot.head_since = time.monotonic()
-            flight = _Flight(job, attempt, ref, i)
             slot.queue.append(flight)
             flights[ref] = flight
 
@@ -192,23 +222,24 @@ class Dispatcher:
             # work is left: in a generation's tail it would wait there while another worker idles.
             while pending:
                 usable = [s for s in self.slots if s.usable]
+                calls = math.ceil(len(pending) / max(self._pack_of(s) for s in usable)) if usable else 0
                 if not any(not s.queue for s in usable) and not (
-                        len(pending) >= len(usable) and any(len(s.queue) < IN_FLIGHT_PER_WORKER for s in usable)):
+                        calls >= len(usable) and any(len(s.queue) < IN_FLIGHT_PER_WORKER for s in usable)):
                     return
-                submit(*pending.popleft())
+                submit()
 
-        def retry_or_fail(flight: _Flight, reason: str, row: dict[str, Any] | None = None) -> None:
-            if flight.attempt < self.max_retries:
+        def retry_or_fail(job: Job, attempt: int, reason: str, row: dict[str, Any] | None = None) -> None:
+            if attempt < self.max_retries:
                 self.retries += 1
-                pending.appendleft((flight.job, flight.attempt + 1))
+                pending.appendleft((job, attempt + 1))
                 return
             if row is None:
-                row = flight.job.row(auc=None, status="failed", reason=None, seconds=None, worker=None, node=None, device=None)
-            row["reason"] = f"{reason} (attempt {flight.attempt + 1} of {self.max_retries + 1})"[:2000]
-            finish(flight, row)
+                row = job.row(auc=None, status="failed", reason=None, seconds=None, worker=None, node=None, device=None)
+            row["reason"] = f"{reason} (attempt {attempt + 1} of {self.max_retries + 1})"[:2000]
+            finish(attempt, row)
 
-        def finish(flight: _Flight, row: dict[str, Any]) -> None:
-            row["attempts"] = flight.attempt + 1
+        def finish(attempt: int, row: dict[str, Any]) -> None:
+            row["attempts"] = attempt + 1
             on_row(row)
 
         def lose_slot(i: int, reason: str, kill: bool) -> None:
@@ -219,9 +250,10 @@ class Dispatcher:
                 flights.pop(flight.ref, None)
             self._replace(i, kill=kill)
             for flight in reversed(queued[1:]):
-                pending.appendleft((flight.job, flight.attempt))
+                pending.extendleft(reversed(flight.items))
             if queued:
-                retry_or_fail(queued[0], reason)
+                for job, attempt in queued[0].items:
+                    retry_or_fail(job, attempt, reason)
 
         while pending or flights:
             fill()
@@ -242,27 +274,32 @@ class Dispatcher:
             last_progress = now
             flight = flights[ref]
             try:
-                row = ray.get(ref)
+                result = ray.get(ref)
             except RayActorError as err:
                 # The worker (or its node) died: every flight it held is handled here, at once.
                 lose_slot(flight.slot, f"worker died: {type(err).__name__}: {err}".splitlines()[0], False)
                 continue
             except RayTaskError as err:
-                row = None
+                result = None
                 reason = f"evaluation raised: {err.cause!r}" if err.cause is not None else str(err).splitlines()[0]
             except RayError as err:  # e.g. the result object was lost with a node: the worker may be fine
-                row = None
+                result = None
                 reason = f"result lost: {type(err).__name__}: {err}".splitlines()[0]
             del flights[ref]
             slot = self.slots[flight.slot]
             slot.queue.remove(flight)
             slot.head_since = now
-            if row is None:
-                retry_or_fail(flight, reason)
-            elif row.get("status") != "ok":
-                retry_or_fail(flight, row.get("reason") or "failed", row)
-            else:
-                finish(flight, row)
+            items = flight.items
+            rows = [None] * len(items) if result is None else [result] if flight.batch is None else list(result)
+            if len(rows) != len(items):  # a malformed answer must not lose jobs
+                rows, reason = [None] * len(items), f"packed call returned {len(rows)} rows for {len(items)} jobs"
+            for (job, attempt), row in zip(items, rows):
+                if row is None:
+                    retry_or_fail(job, attempt, reason)
+                elif row.get("status") != "ok":
+                    retry_or_fail(job, attempt, row.get("reason") or "failed", row)
+                else:
+                    finish(attempt, row)
 
     def _wait_timeout(self) -> float | None:
         """Until the earliest running job would pass ``eval_timeout``; stall checks otherwise."""

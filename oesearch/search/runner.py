@@ -24,8 +24,9 @@ from oesearch.search.problem import FitnessProblem
 from oesearch.search.worker import FitnessWorker, WorkerSpec
 from oesearch.seeding import derive_seed
 from oesearch.training import TrainSettings
+from oesearch.training.augment import Augment, filter_mask
 
-__all__ = ["SearchData", "prepare", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
+__all__ = ["SearchData", "prepare", "worker_spec", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
 
 
 @dataclass
@@ -43,14 +44,20 @@ def load_search_data(config: Config, log: Callable[[str], None] = print) -> Sear
     task = one_vs_rest(train, test, d.normal_class)
     corpus = load_corpus(d.corpus, task.image_shape, d.cache_dir)
     start = time.perf_counter()
+    ix = config.search.index
+    if ix.kind == "ivfpq" and int(np.prod(task.image_shape)) % ix.pq_m:
+        raise ConfigError(f"search.index.pq_m={ix.pq_m} must divide the image size {int(np.prod(task.image_shape))}")
     key = corpus_key(d.corpus, task.image_shape)
+    if ix.kind != "flat":  # the flat index keeps its old cache name; IVF ones carry their build settings
+        key = f"{key}-{ix.kind}-{ix.nlist or 'auto'}" + (f"-pq{ix.pq_m}" if ix.kind == "ivfpq" else "")
     cache_path = Path(d.cache_dir).expanduser() / f"{key}.faiss"
-    index = NeighbourIndex.build_or_load(lambda: index_inputs(corpus), cache_path, key, len(corpus))
+    index = NeighbourIndex.build_or_load(lambda: index_inputs(corpus), cache_path, key, len(corpus), kind=ix.kind,
+                                         nlist=ix.nlist, nprobe=ix.nprobe, pq_m=ix.pq_m)
     how = "loaded" if index.loaded_from_cache else f"built in {index.build_seconds:.2f}s"
     log(
         f"data: {len(task.train)} normal training images of class {task.normal_class} ({task.class_name}), "
         f"{len(task.test)} test images, corpus of {len(corpus)} {task.image_shape} images; "
-        f"neighbour index {how} ({index.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
+        f"{index.kind} neighbour index {how} ({index.memory_bytes / 2**20:.1f} MiB) in {time.perf_counter() - start:.2f}s"
     )
     return SearchData(task, corpus, index)
 
@@ -68,6 +75,13 @@ def check_against_data(config: Config, data: SearchData) -> None:
         raise ConfigError(f"search.pool={s.pool} exceeds the corpus of {n} images; set search.pool <= {n} or 'all'")
     if s.k_nearest >= n:
         raise ConfigError(f"search.k_nearest={s.k_nearest} must be smaller than the corpus of {n} images")
+    f = config.train.filter
+    if f.kind != "none":
+        height, width = data.task.image_shape[:2]
+        try:
+            filter_mask(f.kind, f.magnitude, height, width)
+        except ValueError as err:
+            raise ConfigError(f"train.filter: {err}") from None
     needed = s.population * s.oe_size * (s.generations + 1 if s.strategy == "random" else 1)
     if needed > n:
         what = "random search's budget" if s.strategy == "random" else "initial population"
@@ -82,13 +96,20 @@ def validation_seeds(config: Config) -> list[int]:
     return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
 
 
+def worker_spec(config: Config) -> WorkerSpec:
+    """How workers train and score, from the ``train`` section."""
+    t = config.train
+    settings = TrainSettings(epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
+                             weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()))
+    filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
+    return WorkerSpec(t.method, t.hsc_radial, settings, filt)
+
+
 def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any,
                 log: Callable[[str], None]) -> tuple[Dispatcher, str]:
     """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images."""
-    r, t = config.run, config.train
-    spec = WorkerSpec(t.method, t.hsc_radial, TrainSettings(
-        epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
-        weight_decay=t.weight_decay))
+    r = config.run
+    spec = worker_spec(config)
     count, options, kind = plan_workers(r.workers, r.gpus_per_worker, log=log)
     images = data.corpus.images
 
@@ -97,7 +118,8 @@ def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any
 
     task_ref = ray.put(data.task)  # one copy in the object store, shared by every worker
     dispatcher = Dispatcher(worker_class, (task_ref, spec), payload, count, options, max_retries=r.max_retries,
-                            eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}")
+                            eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}",
+                            pack=None if r.pack == "auto" else r.pack)
     return dispatcher, kind
 
 

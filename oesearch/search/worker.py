@@ -19,6 +19,7 @@ import ray
 from oesearch.data.splits import OneVsRest
 from oesearch.search.fitness import Job
 from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
+from oesearch.training.packed import auto_pack, train_packed
 
 __all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "worker_identity"]
 
@@ -30,6 +31,7 @@ class WorkerSpec:
     method: str
     hsc_radial: str
     settings: TrainSettings
+    filter: tuple[str, int] | None = None  # frequency filter on every image, e.g. ("lpf", 14)
 
 
 def worker_identity() -> dict[str, str]:
@@ -49,14 +51,17 @@ class _FitnessWorker:
         if self.device.type == "cpu":
             # One thread per reserved CPU: oversubscribing cores slows every worker.
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
-        self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device)
+        self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
         self.objective = make_objective(spec.method, spec.hsc_radial)
         self.settings = spec.settings
         self.identity = worker_identity()
+        # Candidates this worker can train at once: its share of free GPU memory, 1 on CPU.
+        share = float(assigned.get("GPU", 1) or 1)
+        self.pack = max(1, int(auto_pack(self.device) * min(share, 1.0)))
 
-    def ready(self) -> dict[str, str]:
+    def ready(self) -> dict[str, Any]:
         """Answered once the data is on the device; the dispatcher feeds only ready workers."""
-        return {**self.identity, "pid": os.getpid()}
+        return {**self.identity, "pid": os.getpid(), "pack": self.pack}
 
     def evaluate(self, job: Job, oe_images: np.ndarray) -> dict[str, Any]:
         """Train and score one job; a diverged training is a failed row, not an exception."""
@@ -67,6 +72,23 @@ class _FitnessWorker:
         except NonFiniteLossError as err:
             outcome = {"auc": None, "status": "failed", "reason": f"non-finite loss: {err}"}
         return job.row(**outcome, seconds=round(time.perf_counter() - start, 4), device=str(self.device), **self.identity)
+
+    def evaluate_batch(self, jobs: list[Job], payloads: list[tuple[np.ndarray]]) -> list[dict[str, Any]]:
+        """Train ``jobs`` as one packed training (K = len(jobs)); one row per job, in order.
+
+        A candidate that diverged is a failed row of its own; the others are unaffected.
+        ``seconds`` is the call's wall time divided by K (each job's share).
+        """
+        start = time.perf_counter()
+        result = train_packed(self.task, [p[0] for p in payloads], self.objective, self.settings,
+                              [job.seed for job in jobs])
+        share = round((time.perf_counter() - start) / len(jobs), 4)
+        rows = []
+        for job, auc, failure in zip(jobs, result.aucs, result.failures):
+            outcome = ({"auc": auc, "status": "ok", "reason": None} if failure is None
+                       else {"auc": None, "status": "failed", "reason": f"non-finite loss: {failure}"})
+            rows.append(job.row(**outcome, seconds=share, device=str(self.device), **self.identity))
+        return rows
 
 
 FitnessWorkerBase = _FitnessWorker  # subclass this (then wrap with ray.remote) to change how a job is evaluated

@@ -11,15 +11,20 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
 
 from oesearch.models import build_model
+from oesearch.training.augment import Augment, frequency_filter
 from oesearch.training.metrics import roc_auc
 from oesearch.training.objectives import Objective
 
-__all__ = ["TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor"]
+__all__ = [
+    "TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor",
+    "seeded_model", "balanced_batches", "anomaly_scores",
+]
 
 
 class NonFiniteLossError(RuntimeError):
@@ -35,6 +40,7 @@ class TrainSettings:
     milestones: tuple[int, ...] = (25,)
     batch_size: int = 128  # per side: B normal + B OE images per step
     weight_decay: float = 0.0
+    augment: Augment = Augment()  # applied on the device to every batch; off by default
 
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -54,6 +60,7 @@ class PreparedTask:
     mean: torch.Tensor  # (1, C, 1, 1)
     std: torch.Tensor  # (1, C, 1, 1)
     image_shape: tuple[int, int, int]  # (H, W, C)
+    filter: tuple[str, int] | None = None  # ("lpf" | "hpf", magnitude) applied to every image, or None
 
     @classmethod
     def from_arrays(
@@ -62,13 +69,16 @@ class PreparedTask:
         test_images: np.ndarray,
         test_anomalous: np.ndarray,
         device: torch.device | str = "cpu",
+        filter: tuple[str, int] | None = None,
     ) -> "PreparedTask":
-        train = to_tensor(normal_train, device)
+        """Normal train and test sets on ``device``, frequency-filtered (if asked) before the statistics."""
+        filt = _filter_fn(filter)
+        train = filt(to_tensor(normal_train, device))
         mean = train.mean(dim=(0, 2, 3), keepdim=True)
         # A constant channel (std 0) would divide by zero; leave it unscaled.
         std = train.std(dim=(0, 2, 3), keepdim=True)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
-        test = (to_tensor(test_images, device) - mean) / std
+        test = (filt(to_tensor(test_images, device)) - mean) / std
         return cls(
             train=(train - mean) / std,
             test=test,
@@ -76,11 +86,26 @@ class PreparedTask:
             mean=mean,
             std=std,
             image_shape=tuple(normal_train.shape[1:]),
+            filter=tuple(filter) if filter else None,
         )
 
     def normalise(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 images -> normalised tensors on this task's device."""
-        return (to_tensor(images, self.train.device) - self.mean) / self.std
+        """uint8 images -> (filtered,) normalised tensors on this task's device."""
+        return (_filter_fn(self.filter)(to_tensor(images, self.train.device)) - self.mean) / self.std
+
+    def augmenter(self, augment: Augment) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
+        """Normalised batch -> augmented normalised batch (augmentation acts on pixels); None when off."""
+        if not augment.active:
+            return None
+        mean, std = self.mean, self.std
+        return lambda x, gen: (augment(x * std + mean, gen) - mean) / std
+
+
+def _filter_fn(filter: tuple[str, int] | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    if not filter:
+        return lambda x: x
+    kind, magnitude = filter
+    return lambda x: frequency_filter(x, kind, magnitude)
 
 
 @dataclass
@@ -88,6 +113,34 @@ class TrainResult:
     auc: float
     epoch_losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    step_losses: list[float] = field(default_factory=list)  # the first ``record_steps`` steps' losses
+
+
+def seeded_model(image_shape: tuple[int, int, int], head: bool, seed: int, device: torch.device,
+                 dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """A fresh phi initialised from ``seed`` (in float32, then cast), without touching the global RNG."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return build_model(image_shape, head=head).to(device, dtype)
+
+
+def balanced_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen: torch.Generator,
+                     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+    """One epoch of batches ``cat([B normal, B outliers])`` drawn from ``gen``.
+
+    The single definition of the sampling order: a permutation per epoch, then
+    per step the OE slots, then the augmentation's parameters.  The packed
+    trainer replays it per candidate, so a packed candidate sees exactly the
+    batches of an unpacked training.
+    """
+    device = train.device
+    n = train.shape[0]
+    order = torch.randperm(n, generator=gen, device=device)
+    for lo in range(0, n, batch_size):
+        normal = train[order[lo : lo + batch_size]]
+        b = normal.shape[0]
+        x = torch.cat([normal, oe[torch.randint(len(oe), (b,), generator=gen, device=device)]])
+        yield x if transform is None else transform(x, gen)
 
 
 def train_and_evaluate(
@@ -96,6 +149,7 @@ def train_and_evaluate(
     objective: Objective,
     settings: TrainSettings,
     seed: int,
+    record_steps: int = 0,
 ) -> TrainResult:
     """Train a fresh phi with ``oe_images`` as the only outliers; return its test AUC.
 
@@ -105,34 +159,31 @@ def train_and_evaluate(
     """
     start = time.perf_counter()
     device = task.train.device
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = build_model(task.image_shape, head=objective.head).to(device)
+    model = seeded_model(task.image_shape, objective.head, seed, device, task.train.dtype)
     gen = torch.Generator(device=device).manual_seed(seed)
     oe = task.normalise(oe_images)
+    augment = task.augmenter(settings.augment)
     optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
 
-    n = task.train.shape[0]
-    bs = settings.batch_size
+    steps = math.ceil(task.train.shape[0] / settings.batch_size)
     epoch_losses: list[float] = []
+    recorded: list[torch.Tensor] = []  # detached step losses, read once at the end (no sync per step)
     model.train()
     for epoch in range(settings.epochs):
-        order = torch.randperm(n, generator=gen, device=device)
         total = torch.zeros((), device=device)
-        for lo in range(0, n, bs):
-            normal = task.train[order[lo : lo + bs]]
-            b = normal.shape[0]
-            outliers = oe[torch.randint(len(oe), (b,), generator=gen, device=device)]
-            x = torch.cat([normal, outliers])
+        for x in balanced_batches(task.train, oe, settings.batch_size, gen, augment):
+            b = x.shape[0] // 2
             is_outlier = torch.arange(2 * b, device=device) >= b
             loss = objective.loss(model(x), is_outlier).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
             total += loss.detach()
+            if len(recorded) < record_steps:
+                recorded.append(loss.detach())
         schedule.step()
-        mean_loss = total.item() / math.ceil(n / bs)
+        mean_loss = total.item() / steps
         if not math.isfinite(mean_loss):
             raise NonFiniteLossError(f"loss became {mean_loss} in epoch {epoch + 1}/{settings.epochs}")
         epoch_losses.append(mean_loss)
@@ -141,7 +192,8 @@ def train_and_evaluate(
     if not np.all(np.isfinite(scores)):
         raise NonFiniteLossError("the trained model produced non-finite anomaly scores")
     auc = roc_auc(task.test_anomalous, scores)
-    return TrainResult(auc=auc, epoch_losses=epoch_losses, seconds=time.perf_counter() - start)
+    step_losses = torch.stack(recorded).tolist() if recorded else []
+    return TrainResult(auc=auc, epoch_losses=epoch_losses, seconds=time.perf_counter() - start, step_losses=step_losses)
 
 
 @torch.no_grad()

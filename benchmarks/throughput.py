@@ -1,0 +1,151 @@
+"""Fitness-evaluation throughput: plain PIL/DataLoader trainer vs device-resident vs packed K.
+
+    python benchmarks/throughput.py [--quick] [--packs 2 4 8]
+
+One evaluation = train a CIFAR-sized LeNet (32x32x3, the paper's CNN) with HSC
+from scratch on one normal class plus one OE image, batches of 128 normal + 128
+OE, then score the test set (ROC AUC).  Reduced epochs; same settings for all:
+
+- plain: the way most research code does it -- PIL images through torchvision
+  transforms (ToTensor, Normalize) in a per-sample DataLoader (num_workers=0),
+  the OE image transformed B times per step, one model at a time, ``loss.item()``
+  every step;
+- resident: this project's trainer (``train_and_evaluate``), K = 1;
+- packed K: ``train_packed`` trains K candidates (different OE image and seed) at once.
+
+Evaluations per hour = K x 3600 / wall seconds of one call.  Variants run in
+interleaved rounds and the best round counts, since the cores may be shared.
+The last line is one JSON object of the figures and ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _cifar import cifar_tree, describe, load_class  # noqa: E402
+
+from oesearch.models import build_model  # noqa: E402
+from oesearch.training import PreparedTask, TrainSettings, make_objective, roc_auc, train_and_evaluate  # noqa: E402
+from oesearch.training.packed import train_packed  # noqa: E402
+
+
+class PilImages(Dataset):
+    def __init__(self, images: np.ndarray, transform) -> None:
+        self.images = [Image.fromarray(x) for x in images]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.transform(self.images[i])
+
+
+def plain_train(train: np.ndarray, test: np.ndarray, anomalous: np.ndarray, oe: np.ndarray,
+                settings: TrainSettings, seed: int) -> float:
+    """The baseline: per-sample PIL transforms, a DataLoader, a host sync every step."""
+    torch.manual_seed(seed)
+    x = train.astype(np.float64) / 255
+    transform = T.Compose([T.ToTensor(), T.Normalize(x.mean(axis=(0, 1, 2)).tolist(), x.std(axis=(0, 1, 2)).tolist())])
+    objective = make_objective("hsc")
+    model = build_model(train.shape[1:], head=False)
+    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
+    loader = DataLoader(PilImages(train, transform), batch_size=settings.batch_size, shuffle=True, num_workers=0)
+    oe_image = Image.fromarray(oe[0])
+    losses = []
+    model.train()
+    for _ in range(settings.epochs):
+        for normal in loader:
+            b = len(normal)
+            outliers = torch.stack([transform(oe_image) for _ in range(b)])
+            batch = torch.cat([normal, outliers])
+            loss = objective.loss(model(batch), torch.arange(2 * b) >= b).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(loss.item())
+        schedule.step()
+    model.eval()
+    with torch.no_grad():
+        scores = torch.cat([objective.score(model(b)) for b in DataLoader(PilImages(test, transform), batch_size=256)])
+    return roc_auc(anomalous, scores.numpy())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller class and test set (under 2 minutes)")
+    parser.add_argument("--packs", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds of plain and resident "
+                        "(default 3 with --quick, else 2); the best counts")
+    args = parser.parse_args()
+    n_train, n_test = (640, 50) if args.quick else (5000, 1000)
+    rounds = args.rounds or (3 if args.quick else 2)
+    root = cifar_tree(n_train, n_test)
+    train = load_class(root, "train", "airplane", n_train, seed=0)
+    test = load_class(root, "test", None, 10 * n_test, seed=1)
+    anomalous = np.ones(len(test), bool)
+    if root is not None:
+        anomalous[:n_test] = False  # sorted paths: airplane comes first
+    else:
+        anomalous[: len(test) // 10] = False
+    corpus = load_class(root, "train", "ship", max(args.packs), seed=2)  # distinct OE images per candidate
+    settings = TrainSettings(epochs=args.epochs, lr=1e-3, milestones=(), batch_size=128)
+    task = PreparedTask.from_arrays(train, test, anomalous)
+    objective = make_objective("hsc")
+    steps = -(-n_train // 128) * args.epochs
+    print(f"data: {describe(root)}; {n_train} normal training images (class airplane), {len(test)} test images; "
+          f"{args.epochs} epoch(s) = {steps} steps of 128+128; torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads, {platform.machine()}", flush=True)
+
+    walls: dict[str, list[float]] = {"plain": [], "resident": []}
+    aucs: dict[str, float] = {}
+    for r in range(rounds):
+        start = time.perf_counter()
+        aucs["plain"] = plain_train(train, test, anomalous, corpus[:1], settings, seed=r)
+        walls["plain"].append(time.perf_counter() - start)
+        start = time.perf_counter()
+        aucs["resident"] = train_and_evaluate(task, corpus[:1], objective, settings, seed=r).auc
+        walls["resident"].append(time.perf_counter() - start)
+    for k in args.packs:
+        start = time.perf_counter()
+        result = train_packed(task, [corpus[i : i + 1] for i in range(k)], objective, settings, list(range(k)))
+        walls[f"packed K={k}"] = [time.perf_counter() - start]
+        aucs[f"packed K={k}"] = float(np.mean(result.aucs))
+
+    plain_rate = 3600 / min(walls["plain"])
+    rows, figures = [], {}
+    for name, w in walls.items():
+        k = int(name.split("=")[1]) if "=" in name else 1
+        rate = k * 3600 / min(w)
+        rows.append((name, k, min(w), rate, rate / plain_rate, aucs[name]))
+        key = "plain" if name == "plain" else "resident" if name == "resident" else f"packed{k}"
+        figures[f"{key}_evals_per_hour"] = round(rate, 1)
+        if name != "plain":
+            figures[f"{key}_vs_plain"] = round(rate / plain_rate, 3)
+    resident_rate = 3600 / min(walls["resident"])
+    for k in args.packs:
+        figures[f"packed{k}_vs_resident"] = round(figures[f"packed{k}_evals_per_hour"] / resident_rate, 3)
+    print(f"\n| variant | K | wall per call (s) | evaluations / hour | vs plain | mean AUC of its candidates |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, k, wall, rate, ratio, auc in rows:
+        print(f"| {name} | {k} | {wall:.2f} | {rate:.0f} | {ratio:.2f}x | {auc:.3f} |")
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()
