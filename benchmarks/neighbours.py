@@ -9,11 +9,18 @@ query within the pool, pick one.
 - plain: the NumPy way -- read the pool's images from the corpus file (uint8,
   ``np.load(mmap_mode="r")``, page cache warm), convert to float in [0, 1],
   squared distances by broadcasting, ``argpartition`` for the k nearest;
-- index: ``NeighbourIndex.draw`` on the prebuilt exact flat index (FAISS
-  ``IDSelectorArray``: distances for the pool's ids only, no copy).
+- flat: ``NeighbourIndex.draw`` on the prebuilt exact flat index (FAISS
+  ``IDSelectorArray``: distances for the pool's ids only, no copy);
+- index: the same draw as the search makes it, with the default settings:
+  for large image corpora the flat search is pruned by a PCA lower bound
+  (``search.index.bound_dims: auto``, :mod:`oesearch.search.bounds`), whose
+  results are exactly the flat ones.
 
-Corpora: 10K and 300K synthetic random images of 32x32x3 = 3,072 values
-(80MTI scale), and 2M of 8x8x3 = 192 values: 2M x 3,072 float32 is 24.6 GB,
+Corpora: 10K and 300K natural images of 32x32x3 = 3,072 values (80MTI scale):
+the CIFAR-10 JPEGs of ../shared/data, 60,000 images in five variants (as they
+are, mirrored, shifted by 2 pixels down, 2 left, mirrored and shifted), or
+uniform random pixels when the archive is absent (said in the output; the
+bound prunes nothing on those). And 2M random items of 8x8x3 = 192 values: 2M x 3,072 float32 is 24.6 GB,
 more than this machine's memory, so the 2M case shows the size-independence of
 a draw at a smaller dimension (a draw costs O(P x D), not O(N)).  Without ``--quick`` the 2M corpus is also
 indexed with IVF-PQ (``search.index.kind: ivfpq``; nlist 1024, nprobe 32,
@@ -34,7 +41,10 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+from oesearch.search.bounds import auto_bound_dims  # noqa: E402
 from oesearch.search.neighbours import NeighbourIndex  # noqa: E402
+
+from _cifar import cifar_tree, describe, load_class  # noqa: E402
 
 POOL, K = 10_000, 50
 _CHUNK = 50_000
@@ -57,6 +67,28 @@ def build_ivfpq(corpus: np.ndarray) -> tuple[NeighbourIndex, float]:
     start = time.perf_counter()
     vectors = np.asarray(corpus, dtype=np.float32) / 255.0
     index = NeighbourIndex(vectors, np.arange(len(corpus)), kind="ivfpq", nlist=1024, nprobe=32, pq_m=24)
+    return index, time.perf_counter() - start
+
+
+def natural_corpus(n: int, folder: Path) -> np.ndarray | None:
+    """``n`` (at most 300,000) natural 32x32x3 images flattened to uint8 rows, or None without the archive."""
+    root = cifar_tree(5000, 1000)
+    if root is None:
+        return None
+    images = np.concatenate([load_class(root, "train", None, 50_000), load_class(root, "test", None, 10_000)])
+    variants = [images, images[:, :, ::-1], np.roll(images, 2, axis=1), np.roll(images, -2, axis=2),
+                np.roll(images[:, :, ::-1], 2, axis=1)]
+    corpus = np.concatenate(variants).reshape(-1, 3072)[:n]
+    path = folder / f"natural-{n}.npy"
+    np.save(path, corpus)
+    return np.load(path, mmap_mode="r")
+
+
+def build_pruned(corpus: np.ndarray) -> tuple[NeighbourIndex, float]:
+    """The index with the search's default settings (a PCA bound where ``auto`` turns it on)."""
+    start = time.perf_counter()
+    vectors = np.asarray(corpus, dtype=np.float32) / 255.0
+    index = NeighbourIndex(vectors, np.arange(len(corpus)), bound_dims=auto_bound_dims(*corpus.shape))
     return index, time.perf_counter() - start
 
 
@@ -98,26 +130,35 @@ def main() -> None:
     rows, figures = [], {}
     with tempfile.TemporaryDirectory(prefix="oesearch-bench-nn-") as tmp:
         for n, dim in sizes:
-            corpus = make_corpus(n, dim, Path(tmp), seed=n)
-            index, build = build_index(corpus)
+            natural = natural_corpus(n, Path(tmp)) if dim == 3072 else None
+            corpus = natural if natural is not None else make_corpus(n, dim, Path(tmp), seed=n)
+            kind = "natural" if natural is not None else "random"
+            flat_index, flat_build = build_index(corpus)
+            index, build = build_pruned(corpus) if auto_bound_dims(n, dim) else (flat_index, flat_build)
             pool = min(POOL, n)
             queries = np.random.default_rng(1).integers(0, n, 10_000)
-            fast_rng, plain_rng = np.random.default_rng(2), np.random.default_rng(3)
+            fast_rng, flat_rng, plain_rng = (np.random.default_rng(s) for s in (2, 2, 3))
             fast = rate(lambda i: index.draw([int(queries[i % len(queries)])], fast_rng, pool, K), seconds, 20)
+            flat = rate(lambda i: flat_index.draw([int(queries[i % len(queries)])], flat_rng, pool, K), seconds, 20)
             plain = rate(lambda i: plain_draw(corpus, int(queries[i % len(queries)]), plain_rng, pool), seconds, 5)
             label = f"{n // 1000}K" if n < 1_000_000 else f"{n // 1_000_000}M"
-            rows.append((label, dim, build, index.memory_bytes / 2**20, plain, fast))
+            bound = index.bound.dims if index.bound is not None else 0
+            rows.append((label, dim, kind, bound, build, index.memory_bytes / 2**20, plain, flat, fast))
             figures[f"draws_per_s_{label}"] = round(fast, 1)
+            figures[f"flat_draws_per_s_{label}"] = round(flat, 1)
             figures[f"plain_draws_per_s_{label}"] = round(plain, 2)
             figures[f"index_vs_plain_{label}"] = round(fast / plain, 1)
+            figures[f"flat_vs_plain_{label}"] = round(flat / plain, 1)
             figures[f"build_s_{label}"] = round(build, 2)
             figures[f"index_mib_{label}"] = round(index.memory_bytes / 2**20, 1)
-            print(f"{label} x {dim}: built in {build:.1f}s, plain {plain:.1f}/s, index {fast:.1f}/s", flush=True)
+            print(f"{label} x {dim} ({kind}, bound {bound}): built in {build:.1f}s, plain {plain:.1f}/s, "
+                  f"flat {flat:.1f}/s, index {fast:.1f}/s", flush=True)
+            del flat_index
             del index
             if n >= 1_000_000 and not args.quick:
                 index, build = build_ivfpq(corpus)
                 fast = rate(lambda i: index.draw([int(queries[i % len(queries)])], fast_rng, pool, K), seconds, 20)
-                rows.append((f"{label} ivfpq", dim, build, index.memory_bytes / 2**20, plain, fast))
+                rows.append((f"{label} ivfpq", dim, kind, 0, build, index.memory_bytes / 2**20, plain, float("nan"), fast))
                 figures[f"ivfpq_draws_per_s_{label}"] = round(fast, 1)
                 figures[f"ivfpq_vs_plain_{label}"] = round(fast / plain, 1)
                 figures[f"ivfpq_build_s_{label}"] = round(build, 2)
@@ -127,10 +168,12 @@ def main() -> None:
             del corpus
     print(f"\npool {POOL:,} (or the whole corpus), k = {K}; one draw = pool sampling + k-NN in the pool + pick "
           "(exact on the flat index)\n")
-    print("| corpus | dim | index build (s) | index memory (MiB) | plain draws/s | index draws/s | index / plain |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for label, dim, build, mib, plain, fast in rows:
-        print(f"| {label} | {dim} | {build:.1f} | {mib:.0f} | {plain:.1f} | {fast:.0f} | {fast / plain:.0f}x |")
+    print("| corpus | dim | content | bound dims | index build (s) | index memory (MiB) | plain draws/s "
+          "| flat draws/s | index draws/s | index / plain |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, dim, kind, bound, build, mib, plain, flat, fast in rows:
+        print(f"| {label} | {dim} | {kind} | {bound} | {build:.1f} | {mib:.0f} | {plain:.1f} | {flat:.0f} | {fast:.0f} "
+              f"| {fast / plain:.0f}x |")
     print(json.dumps(figures))
 
 

@@ -220,6 +220,16 @@ class IndexConfig(_Section):
     nlist: int | None = Field(None, ge=1, description="IVF cells; None: about 4 * sqrt(corpus size)")
     nprobe: int = Field(32, ge=1, description="IVF cells searched per draw (>= nlist: exhaustive)")
     pq_m: int = Field(64, ge=1, description="ivfpq: bytes per vector; must divide the image size H*W*C")
+    bound_dims: int | Literal["auto"] = Field(
+        "auto", description="flat: principal components of the lower bound that prunes exact pool searches "
+        "(results unchanged); 0 turns it off; auto: 127 for corpora of >= 20,000 images of >= 1,024 values")
+
+    @field_validator("bound_dims")
+    @classmethod
+    def _bound_dims(cls, value: int | str) -> int | str:
+        if value != "auto" and value < 0:
+            raise ValueError("bound_dims must be 'auto' or a non-negative integer")
+        return value
 
 
 class SearchConfig(_Section):

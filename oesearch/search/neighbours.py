@@ -50,10 +50,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from oesearch.search.bounds import ProjectedBound
+
 __all__ = ["NeighbourIndex", "duplicate_groups_of"]
 
 # Sidecar files written next to the persisted FAISS index.
 _GROUPS_SUFFIX = ".groups.npy"
+_BOUND_SUFFIX = ".bound.npz"
 _META_SUFFIX = ".meta.json"
 _FORMAT_VERSION = 1
 KINDS = ("flat", "ivf", "ivfpq")
@@ -164,7 +167,9 @@ class NeighbourIndex:
         nlist: int | None = None,
         nprobe: int | None = None,
         pq_m: int = 64,
+        bound_dims: int = 0,
         _index: faiss.Index | None = None,
+        _bound: ProjectedBound | None = None,
     ) -> None:
         """Build a flat L2 index over ``vectors``.
 
@@ -178,7 +183,10 @@ class NeighbourIndex:
             nlist: IVF cells; default about 4 * sqrt(N).
             nprobe: IVF cells searched per draw (default 32, or what a loaded index holds).
             pq_m: bytes per vector of ``ivfpq`` (must divide D).
-            _index: Internal; an already built index (used by :meth:`load`).
+            bound_dims: ``flat`` only: prune pool searches with a lower bound
+                from this many principal components (0: off). Results are
+                unchanged; see :mod:`oesearch.search.bounds`.
+            _index, _bound: Internal; already built parts (used by :meth:`load`).
         """
         start = time.perf_counter()
         if _index is None:
@@ -190,7 +198,10 @@ class NeighbourIndex:
                     f"vectors must be a non-empty (N, D) array, got shape {vectors.shape}"
                 )
             _index = _build(vectors, kind, nlist, pq_m)
+            if bound_dims and kind == "flat":
+                _bound = ProjectedBound.fit(vectors, bound_dims)
         self.index: faiss.Index = _index
+        self.bound: ProjectedBound | None = _bound
         self.ivf = faiss.try_extract_index_ivf(_index) if not isinstance(_index, faiss.IndexFlat) else None
         if self.ivf is not None:
             if nprobe is not None or _index is None or not self.ivf.nprobe:
@@ -236,6 +247,8 @@ class NeighbourIndex:
         codes = self.size * int(self.index.code_size)
         if self.ivf is not None:
             codes += 16 * self.size + self.ivf.nlist * self.dim * 4
+        if self.bound is not None:
+            codes += self.bound.memory_bytes
         tables = (
             self.duplicate_groups.nbytes + self._group_order.nbytes + self._sorted_groups.nbytes
         )
@@ -294,6 +307,8 @@ class NeighbourIndex:
             flat = self.ivf is None
             selector = faiss.IDSelectorArray(candidates) if flat else faiss.IDSelectorBatch(candidates)
             search_k = min(k, candidates.size)
+            if flat and self.bound is not None:
+                return self.bound.nearest(self.index, self._query_mean(queries), candidates, k)
         centre = self._query_mean(queries)
         params = (faiss.SearchParameters(sel=selector) if self.ivf is None
                   else faiss.SearchParametersIVF(sel=selector, nprobe=self.ivf.nprobe))
@@ -397,6 +412,16 @@ class NeighbourIndex:
                 np.save(handle, self.duplicate_groups)
 
         _atomic_write(groups_path, write_groups)
+        bound_path = path.with_name(path.name + _BOUND_SUFFIX)
+        if self.bound is not None:
+
+            def write_bound(tmp: str) -> None:
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, **self.bound.arrays())
+
+            _atomic_write(bound_path, write_bound)
+        else:
+            bound_path.unlink(missing_ok=True)
         meta = {
             "format": _FORMAT_VERSION,
             "key": key if key is not None else self.key,
@@ -415,7 +440,12 @@ class NeighbourIndex:
         groups_path, meta_path = _sidecars(path)
         index = faiss.read_index(str(path))
         groups = np.load(groups_path, allow_pickle=False)
-        loaded = cls(None, groups, _index=index)
+        bound_path = path.with_name(path.name + _BOUND_SUFFIX)
+        bound = None
+        if bound_path.exists():
+            with np.load(bound_path, allow_pickle=False) as arrays:
+                bound = ProjectedBound.from_arrays(dict(arrays))
+        loaded = cls(None, groups, _index=index, _bound=bound)
         loaded.loaded_from_cache = True
         if meta_path.exists():
             loaded.key = json.loads(meta_path.read_text()).get("key")
@@ -445,6 +475,7 @@ class NeighbourIndex:
         nlist: int | None = None,
         nprobe: int | None = None,
         pq_m: int = 64,
+        bound_dims: int = 0,
     ) -> NeighbourIndex:
         """Reuse the index persisted at ``cache_path`` if its key matches, else build and save.
 
@@ -458,8 +489,8 @@ class NeighbourIndex:
                 forces a rebuild.
             size: Number of corpus items; a persisted index of another size is
                 rebuilt.
-            kind, nlist, nprobe, pq_m: As for the constructor; ``key`` must
-                tell kinds and their build settings apart.
+            kind, nlist, nprobe, pq_m, bound_dims: As for the constructor;
+                ``key`` must tell kinds and their build settings apart.
         """
         if cache_path is not None:
             cache_path = Path(cache_path)
@@ -468,14 +499,17 @@ class NeighbourIndex:
                     loaded = cls.load(cache_path)
                 except (OSError, RuntimeError, ValueError):
                     loaded = None  # unreadable or inconsistent cache: rebuild
-                if loaded is not None and loaded.size == size and loaded.kind == kind:
+                same_bound = (loaded.bound.dims if loaded is not None and loaded.bound else 0) == (
+                    bound_dims if kind == "flat" else 0)
+                if loaded is not None and loaded.size == size and loaded.kind == kind and same_bound:
                     if loaded.ivf is not None and nprobe:
                         loaded.ivf.nprobe = nprobe
                     return loaded
         vectors, duplicate_groups = inputs()
         if len(vectors) != size:
             raise ValueError(f"inputs() gave {len(vectors)} vectors for a corpus of {size}")
-        built = cls(vectors, duplicate_groups, kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+        built = cls(vectors, duplicate_groups, kind=kind, nlist=nlist, nprobe=nprobe, pq_m=pq_m,
+                    bound_dims=bound_dims)
         built.key = key
         if cache_path is not None:
             built.save(cache_path, key)

@@ -15,6 +15,7 @@ from oesearch.config import Config, ConfigError, config_to_dict
 from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
 from oesearch.results import RunDir, write_outputs
 from oesearch.results.storage import Mirror, is_uri
+from oesearch.search.bounds import auto_bound_dims
 from oesearch.search.dispatch import Dispatcher, connect, plan_workers
 from oesearch.search.evolution import Evolution, EvolutionState
 from oesearch.search.fitness import FitnessCache, Job
@@ -48,11 +49,17 @@ def load_search_data(config: Config, log: Callable[[str], None] = print) -> Sear
     if ix.kind == "ivfpq" and int(np.prod(task.image_shape)) % ix.pq_m:
         raise ConfigError(f"search.index.pq_m={ix.pq_m} must divide the image size {int(np.prod(task.image_shape))}")
     key = corpus_key(d.corpus, task.image_shape)
+    dim = int(np.prod(task.image_shape))
+    bound_dims = auto_bound_dims(len(corpus), dim) if ix.bound_dims == "auto" else ix.bound_dims
+    if ix.kind == "flat" and bound_dims:
+        if bound_dims >= dim:
+            raise ConfigError(f"search.index.bound_dims={bound_dims} must be smaller than the image size {dim}")
+        key = f"{key}-bound{bound_dims}"
     if ix.kind != "flat":  # the flat index keeps its old cache name; IVF ones carry their build settings
         key = f"{key}-{ix.kind}-{ix.nlist or 'auto'}" + (f"-pq{ix.pq_m}" if ix.kind == "ivfpq" else "")
     cache_path = Path(d.cache_dir).expanduser() / f"{key}.faiss"
     index = NeighbourIndex.build_or_load(lambda: index_inputs(corpus), cache_path, key, len(corpus), kind=ix.kind,
-                                         nlist=ix.nlist, nprobe=ix.nprobe, pq_m=ix.pq_m)
+                                         nlist=ix.nlist, nprobe=ix.nprobe, pq_m=ix.pq_m, bound_dims=bound_dims)
     how = "loaded" if index.loaded_from_cache else f"built in {index.build_seconds:.2f}s"
     log(
         f"data: {len(task.train)} normal training images of class {task.normal_class} ({task.class_name}), "
