@@ -132,6 +132,8 @@ def train_packed(
     device = task.train.device
     k = len(seeds)
     nets = [seeded_model(task.image_shape, objective.head, s, device, task.train.dtype) for s in seeds]
+    if not isinstance(nets[0], LeNet):
+        raise ValueError(f"the packed trainer packs LeNets only, not {type(nets[0]).__name__}; use run.pack 1")
     model = PackedLeNet(nets).to(device, task.train.dtype)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     oes = [task.normalise(images) for images in oe_images]
