@@ -194,8 +194,11 @@ class FilterConfig(_Section):
 
 
 class TrainConfig(_Section):
-    method: Literal["hsc", "bce"] = "hsc"
+    method: Literal["hsc", "bce", "focal", "dsad", "dsvdd"] = "hsc"
     hsc_radial: Literal["pseudo_huber", "l1", "l2", "l2_squared"] = "pseudo_huber"
+    focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (paper Section 4); 0 is BCE scaled by alpha")
+    focal_alpha: float = Field(0.5, gt=0, lt=1, description="Focal loss weight of the outlier class; 0.5 on "
+                               "balanced batches (paper Appendix F)")
     # Embedded defaults: a short, fast schedule.  At the paper's 30 epochs and lr 1e-3,
     # HSC on 8x8 digits converges to AUC ~0.91-0.94 whatever the OE image (see README).
     epochs: int = Field(10, ge=1)
@@ -301,6 +304,13 @@ class Config(_Section):
     train: TrainConfig = TrainConfig()
     search: SearchConfig = SearchConfig()
     run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _packable_method(self) -> "Config":
+        if self.train.method in ("dsad", "dsvdd") and isinstance(self.run.pack, int) and self.run.pack > 1:
+            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} (centre-based) trains "
+                             "unpacked only; use run.pack 1 or auto")
+        return self
 
 
 # --- loading and overrides ------------------------------------------------------------

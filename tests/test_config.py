@@ -84,8 +84,10 @@ def test_unknown_top_level_section() -> None:
 
 
 def test_bad_literal_lists_the_allowed_values() -> None:
-    message = _error({"train": {"method": "dsvdd"}})
-    assert "train.method" in message and "'hsc'" in message and "'bce'" in message and "'dsvdd'" in message
+    message = _error({"train": {"method": "ocsvm"}})
+    assert "train.method" in message and "'ocsvm'" in message
+    for method in ("hsc", "bce", "focal", "dsad", "dsvdd"):
+        assert f"'{method}'" in message
     message = _error({"search": {"mode": "median"}})
     assert "search.mode" in message and "'best'" in message and "'worst'" in message
     message = _error({"data": {"normal": {"kind": "svhn"}}})
@@ -240,3 +242,18 @@ def test_index_section_is_strict() -> None:
     assert "unknown key 'search.index.probes'" in _error({"search": {"index": {"probes": 3}}})
     assert "search.index.kind" in _error({"search": {"index": {"kind": "hnsw"}}})
     assert "run.pack" in _error({"run": {"pack": 0}})
+
+
+def test_new_methods_and_focal_keys() -> None:
+    from oesearch.search.runner import worker_spec
+
+    config = config_from_dict({"train": {"method": "focal", "focal_gamma": 1.0, "focal_alpha": 0.25}})
+    spec = worker_spec(config)
+    assert (spec.method, spec.focal_gamma, spec.focal_alpha) == ("focal", 1.0, 0.25)
+    default = config_from_dict({})
+    assert (default.train.focal_gamma, default.train.focal_alpha) == (2.0, 0.5)
+    assert "train.focal_alpha" in _error({"train": {"focal_alpha": 1.5}})
+    assert "train.focal_gamma" in _error({"train": {"focal_gamma": -1}})
+    for method in ("dsad", "dsvdd"):
+        assert config_from_dict({"train": {"method": method}, "run": {"pack": "auto"}}).train.method == method
+        assert "trains unpacked only" in _error({"train": {"method": method}, "run": {"pack": 4}})

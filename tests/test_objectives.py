@@ -139,8 +139,8 @@ def test_make_objective_heads() -> None:
 
 
 def test_make_objective_errors() -> None:
-    with pytest.raises(ValueError, match="unknown method 'dsvdd'"):
-        make_objective("dsvdd")
+    with pytest.raises(ValueError, match="unknown method 'ocsvm'.*'focal', 'dsad', 'dsvdd'"):
+        make_objective("ocsvm")
     with pytest.raises(ValueError, match="unknown HSC radial function 'l3'") as err:
         make_objective("hsc", "l3")
     for name in H_BY_HAND:

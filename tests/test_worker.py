@@ -49,3 +49,16 @@ def test_job_names_are_readable() -> None:
     assert Job(8, (123456,), 1, "search", 12, 37).name == "fitness[g12 i37 idx=123456 s1]"
     assert Job(8, (5, 9), 2, "validate", None, 0).name == "fitness[val i0 idx=5,9 s2]"
     assert Job(8, (9, 5), 2, "search", 1, 0).key == (8, (5, 9), 2)
+
+
+@pytest.mark.parametrize("method", ["focal", "dsad", "dsvdd"])
+def test_worker_trains_the_new_objectives(task_and_corpus, method: str) -> None:
+    task, corpus = task_and_corpus
+    spec = WorkerSpec(method, "pseudo_huber", TrainSettings(epochs=2, lr=1e-2, milestones=(1,), batch_size=32),
+                      focal_gamma=1.0, focal_alpha=0.25)
+    w = _FitnessWorker(task, spec)
+    assert w.objective.name == method and w.pack == 1  # centre objectives never pack; CPU packs 1 anyway
+    if method == "focal":
+        assert (w.objective.gamma, w.objective.alpha) == (1.0, 0.25)
+    row = w.evaluate(Job(8, (11,), 3, "search", 0, 0), corpus[[11]])
+    assert row["status"] == "ok" and 0.0 <= row["auc"] <= 1.0

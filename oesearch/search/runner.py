@@ -109,7 +109,7 @@ def worker_spec(config: Config) -> WorkerSpec:
     settings = TrainSettings(epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
                              weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()))
     filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
-    return WorkerSpec(t.method, t.hsc_radial, settings, filt)
+    return WorkerSpec(t.method, t.hsc_radial, settings, filt, t.focal_gamma, t.focal_alpha)
 
 
 def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any,

@@ -19,6 +19,7 @@ import ray
 from oesearch.data.splits import OneVsRest
 from oesearch.search.fitness import Job
 from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
+from oesearch.training.objectives import packable
 from oesearch.training.packed import auto_pack, train_packed
 
 __all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "worker_identity"]
@@ -32,6 +33,8 @@ class WorkerSpec:
     hsc_radial: str
     settings: TrainSettings
     filter: tuple[str, int] | None = None  # frequency filter on every image, e.g. ("lpf", 14)
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.5
 
 
 def worker_identity() -> dict[str, str]:
@@ -52,12 +55,12 @@ class _FitnessWorker:
             # One thread per reserved CPU: oversubscribing cores slows every worker.
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
         self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
-        self.objective = make_objective(spec.method, spec.hsc_radial)
+        self.objective = make_objective(spec.method, spec.hsc_radial, spec.focal_gamma, spec.focal_alpha)
         self.settings = spec.settings
         self.identity = worker_identity()
         # Candidates this worker can train at once: its share of free GPU memory, 1 on CPU.
         share = float(assigned.get("GPU", 1) or 1)
-        self.pack = max(1, int(auto_pack(self.device) * min(share, 1.0)))
+        self.pack = max(1, int(auto_pack(self.device) * min(share, 1.0))) if packable(self.objective) else 1
 
     def ready(self) -> dict[str, Any]:
         """Answered once the data is on the device; the dispatcher feeds only ready workers."""

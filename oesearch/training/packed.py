@@ -27,7 +27,7 @@ from torch import nn
 
 from oesearch.models.lenet import _BN_EPS, _LEAK, LeNet, spec_for_size
 from oesearch.training.metrics import roc_auc
-from oesearch.training.objectives import Objective
+from oesearch.training.objectives import Objective, packable
 from oesearch.training.trainer import PreparedTask, TrainSettings, balanced_batches, seeded_model
 
 __all__ = ["PackedLeNet", "PackedResult", "train_packed", "auto_pack", "CANDIDATE_BYTES"]
@@ -124,11 +124,16 @@ def train_packed(
     (its NaN loss is masked out of the summed loss, so no NaN gradient spreads).
     """
     start = time.perf_counter()
+    if not packable(objective):
+        raise ValueError(f"the packed trainer does not support {objective.name!r} (a centre-based objective); "
+                         "train it with train_and_evaluate (run.pack 1)")
     if len(oe_images) != len(seeds) or not seeds:
         raise ValueError(f"{len(oe_images)} OE sets for {len(seeds)} seeds")
     device = task.train.device
     k = len(seeds)
     nets = [seeded_model(task.image_shape, objective.head, s, device, task.train.dtype) for s in seeds]
+    if not isinstance(nets[0], LeNet):
+        raise ValueError(f"the packed trainer packs LeNets only, not {type(nets[0]).__name__}; use run.pack 1")
     model = PackedLeNet(nets).to(device, task.train.dtype)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     oes = [task.normalise(images) for images in oe_images]

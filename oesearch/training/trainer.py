@@ -160,6 +160,9 @@ def train_and_evaluate(
     start = time.perf_counter()
     device = task.train.device
     model = seeded_model(task.image_shape, objective.head, seed, device, task.train.dtype)
+    if hasattr(objective, "prepare"):  # e.g. DSAD/DSVDD's centre, from the same preprocessed train tensors
+        objective = objective.prepare(model, task.train)
+    uses_oe = getattr(objective, "uses_oe", True)
     gen = torch.Generator(device=device).manual_seed(seed)
     oe = task.normalise(oe_images)
     augment = task.augmenter(settings.augment)
@@ -174,7 +177,9 @@ def train_and_evaluate(
         total = torch.zeros((), device=device)
         for x in balanced_batches(task.train, oe, settings.batch_size, gen, augment):
             b = x.shape[0] // 2
-            is_outlier = torch.arange(2 * b, device=device) >= b
+            if not uses_oe:  # unsupervised: OE reaches neither the loss nor the BatchNorm statistics
+                x = x[:b]
+            is_outlier = torch.arange(x.shape[0], device=device) >= b
             loss = objective.loss(model(x), is_outlier).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
