@@ -126,10 +126,10 @@ def train_packed(
     start = time.perf_counter()
     if len(oe_images) != len(seeds) or not seeds:
         raise ValueError(f"{len(oe_images)} OE sets for {len(seeds)} seeds")
-    device = task.train.device
+    device = task.device
     k = len(seeds)
-    nets = [seeded_model(task.image_shape, objective.head, s, device, task.train.dtype) for s in seeds]
-    model = PackedLeNet(nets).to(device, task.train.dtype)
+    nets = [seeded_model(task.image_shape, objective.head, s, device, task.dtype) for s in seeds]
+    model = PackedLeNet(nets).to(device, task.dtype)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     oes = [task.normalise(images) for images in oe_images]
     augment = task.augmenter(settings.augment)
@@ -141,8 +141,8 @@ def train_packed(
     recorded: list[torch.Tensor] = []
     model.train()
     for _ in range(settings.epochs):
-        total = torch.zeros(k, device=device, dtype=task.train.dtype)
-        streams = [balanced_batches(task.train, oe, settings.batch_size, g, augment) for oe, g in zip(oes, gens)]
+        total = torch.zeros(k, device=device, dtype=task.dtype)
+        streams = [balanced_batches(task.train, oe, settings.batch_size, g, augment, task.prepare) for oe, g in zip(oes, gens)]
         for batches in zip(*streams):
             b = batches[0].shape[0] // 2
             # (2b, K, C, H, W) -> (2b, K*C, H, W): candidate k owns channel block k.
@@ -161,7 +161,7 @@ def train_packed(
 
     epoch_losses = torch.stack(epoch_totals).T.tolist()  # one host sync for the whole training
     ok = alive.tolist()
-    scores = _packed_scores(model, objective, task.test)
+    scores = _packed_scores(model, objective, task.test, task.prepare)
     aucs: list[float | None] = []
     failures: list[str | None] = []
     for i in range(k):
@@ -180,12 +180,12 @@ def train_packed(
 
 
 @torch.no_grad()
-def _packed_scores(model: PackedLeNet, objective: Objective, images: torch.Tensor, chunk: int = 1024) -> np.ndarray:
-    """(K, m) anomaly scores in eval mode; every candidate sees the same test images."""
+def _packed_scores(model: PackedLeNet, objective: Objective, images: torch.Tensor, load, chunk: int = 1024) -> np.ndarray:
+    """(K, m) anomaly scores in eval mode; every candidate sees the same test images (``load`` makes them input)."""
     model.eval()
     parts = []
     for i in range(0, len(images), chunk):
-        x = images[i : i + chunk]
+        x = load(images[i : i + chunk])
         out = model(x.repeat(1, model.k, 1, 1))  # (b, K, ...)
         k = out.shape[1]
         flat = out.transpose(0, 1).reshape(k * out.shape[0], *out.shape[2:])
