@@ -20,6 +20,7 @@ import torch
 
 from oesearch.models import build_model
 from oesearch.training.augment import Augment, frequency_filter
+from oesearch.training.execution import check_precision, forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.metrics import roc_auc
 from oesearch.training.objectives import Objective
 
@@ -43,6 +44,12 @@ class TrainSettings:
     batch_size: int = 128  # per side: B normal + B OE images per step
     weight_decay: float = 0.0
     augment: Augment = Augment()  # applied on the device to every batch; off by default
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast forward) | "tf32" (CUDA only; no-op on CPU)
+    channels_last: bool = False  # model and batches in NHWC memory order
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
 
 
 def to_pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -191,12 +198,22 @@ def train_and_evaluate(
     loss diverges; it is checked once per epoch to avoid a host sync per step.
     """
     start = time.perf_counter()
+    with matmul_mode(settings.precision, task.device):
+        result = _train(task, oe_images, objective, settings, seed, record_steps)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _train(task: PreparedTask, oe_images: np.ndarray, objective: Objective, settings: TrainSettings, seed: int,
+           record_steps: int) -> TrainResult:
     device = task.device
-    model = seeded_model(task.image_shape, objective.head, seed, device, task.dtype)
+    net = seeded_model(task.image_shape, objective.head, seed, device, task.dtype)
+    model = place_model(net, settings.channels_last, settings.compile)
+    forward = forward_mode(settings.precision, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     oe = task.normalise(oe_images)
     augment = task.augmenter(settings.augment)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
 
     steps = math.ceil(task.train.shape[0] / settings.batch_size)
@@ -208,7 +225,9 @@ def train_and_evaluate(
         for x in balanced_batches(task.train, oe, settings.batch_size, gen, augment, task.prepare):
             b = x.shape[0] // 2
             is_outlier = torch.arange(2 * b, device=device) >= b
-            loss = objective.loss(model(x), is_outlier).mean()
+            with forward:
+                out = model(place_input(x, settings.channels_last))
+            loss = objective.loss(out.to(task.dtype), is_outlier).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -221,12 +240,14 @@ def train_and_evaluate(
             raise NonFiniteLossError(f"loss became {mean_loss} in epoch {epoch + 1}/{settings.epochs}")
         epoch_losses.append(mean_loss)
 
-    scores = anomaly_scores(model, objective, task.test, load=task.prepare)
+    with forward:
+        scores = anomaly_scores(model, objective, task.test,
+                                load=lambda px: place_input(task.prepare(px), settings.channels_last))
     if not np.all(np.isfinite(scores)):
         raise NonFiniteLossError("the trained model produced non-finite anomaly scores")
     auc = roc_auc(task.test_anomalous, scores)
     step_losses = torch.stack(recorded).tolist() if recorded else []
-    return TrainResult(auc=auc, epoch_losses=epoch_losses, seconds=time.perf_counter() - start, step_losses=step_losses)
+    return TrainResult(auc=auc, epoch_losses=epoch_losses, step_losses=step_losses)
 
 
 @torch.no_grad()
@@ -235,5 +256,9 @@ def anomaly_scores(model: torch.nn.Module, objective: Objective, images: torch.T
     """Scores for ``images`` (each chunk passed through ``load`` first) with the model in eval mode."""
     model.eval()
     load = load or (lambda x: x)
-    parts = [objective.score(model(load(images[i : i + chunk]))) for i in range(0, len(images), chunk)]
+    parts = []
+    for i in range(0, len(images), chunk):
+        x = load(images[i : i + chunk])
+        # Back to the input's dtype: under bf16 autocast the output is bfloat16; score in full precision.
+        parts.append(objective.score(model(x).to(x.dtype)))
     return torch.cat(parts).float().cpu().numpy()
