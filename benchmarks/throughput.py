@@ -1,6 +1,6 @@
 """Fitness-evaluation throughput: plain PIL/DataLoader trainer vs device-resident vs packed K.
 
-    python benchmarks/throughput.py [--quick] [--packs 2 4 8]
+    python benchmarks/throughput.py [--quick] [--packs 2 4 8] [--precision bf16] [--channels-last] [--compile]
 
 One evaluation = train a CIFAR-sized LeNet (32x32x3, the paper's CNN) with HSC
 from scratch on one normal class plus one OE image, batches of 128 normal + 128
@@ -11,7 +11,10 @@ OE, then score the test set (ROC AUC).  Reduced epochs; same settings for all:
   the OE image transformed B times per step, one model at a time, ``loss.item()``
   every step;
 - resident: this project's trainer (``train_and_evaluate``), K = 1;
-- packed K: ``train_packed`` trains K candidates (different OE image and seed) at once.
+- packed K: ``train_packed`` trains K candidates (different OE image and seed) at once;
+- resident <switches>: with ``--precision``/``--channels-last``/``--compile``, the
+  resident trainer again with those ``train`` switches (also in the interleaved
+  rounds; with ``--compile`` one untimed warm-up call compiles first).
 
 Evaluations per hour = K x 3600 / wall seconds of one call.  Variants run in
 interleaved rounds and the best round counts, since the cores may be shared.
@@ -88,11 +91,21 @@ def plain_train(train: np.ndarray, test: np.ndarray, anomalous: np.ndarray, oe: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller class and test set (under 2 minutes)")
-    parser.add_argument("--packs", type=int, nargs="+", default=[2, 4, 8])
+    parser.add_argument("--packs", type=int, nargs="*", default=None,
+                        help="packed K values (default 2 4 8; none when a switch below is given)")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=0, help="interleaved rounds of plain and resident "
                         "(default 3 with --quick, else 2); the best counts")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "tf32"], default="fp32",
+                        help="train.precision for an extra 'resident <switches>' variant")
+    parser.add_argument("--channels-last", action="store_true", help="train.channels_last for that variant")
+    parser.add_argument("--compile", action="store_true", help="train.compile for that variant")
     args = parser.parse_args()
+    switches = [f"precision={args.precision}"] if args.precision != "fp32" else []
+    switches += ["channels_last"] * args.channels_last + ["compile"] * args.compile
+    switched_name = f"resident {'+'.join(switches)}" if switches else None
+    if args.packs is None:  # with a switch the comparison is switched vs resident; keeps --quick short
+        args.packs = [] if switches else [2, 4, 8]
     n_train, n_test = (640, 50) if args.quick else (5000, 1000)
     rounds = args.rounds or (3 if args.quick else 2)
     root = cifar_tree(n_train, n_test)
@@ -103,7 +116,7 @@ def main() -> None:
         anomalous[:n_test] = False  # sorted paths: airplane comes first
     else:
         anomalous[: len(test) // 10] = False
-    corpus = load_class(root, "train", "ship", max(args.packs), seed=2)  # distinct OE images per candidate
+    corpus = load_class(root, "train", "ship", max(args.packs, default=1), seed=2)  # distinct OE images per candidate
     settings = TrainSettings(epochs=args.epochs, lr=1e-3, milestones=(), batch_size=128)
     task = PreparedTask.from_arrays(train, test, anomalous)
     objective = make_objective("hsc")
@@ -114,6 +127,12 @@ def main() -> None:
 
     walls: dict[str, list[float]] = {"plain": [], "resident": []}
     aucs: dict[str, float] = {}
+    if switched_name:
+        switched = TrainSettings(epochs=args.epochs, lr=1e-3, milestones=(), batch_size=128, precision=args.precision,
+                                 channels_last=args.channels_last, compile=args.compile)
+        walls[switched_name] = []
+        if args.compile:  # the compilation is paid once per worker process, not per evaluation
+            train_and_evaluate(task, corpus[:1], objective, switched, seed=99)
     for r in range(rounds):
         start = time.perf_counter()
         aucs["plain"] = plain_train(train, test, anomalous, corpus[:1], settings, seed=r)
@@ -121,6 +140,10 @@ def main() -> None:
         start = time.perf_counter()
         aucs["resident"] = train_and_evaluate(task, corpus[:1], objective, settings, seed=r).auc
         walls["resident"].append(time.perf_counter() - start)
+        if switched_name:
+            start = time.perf_counter()
+            aucs[switched_name] = train_and_evaluate(task, corpus[:1], objective, switched, seed=r).auc
+            walls[switched_name].append(time.perf_counter() - start)
     for k in args.packs:
         start = time.perf_counter()
         result = train_packed(task, [corpus[i : i + 1] for i in range(k)], objective, settings, list(range(k)))
@@ -130,14 +153,17 @@ def main() -> None:
     plain_rate = 3600 / min(walls["plain"])
     rows, figures = [], {}
     for name, w in walls.items():
-        k = int(name.split("=")[1]) if "=" in name else 1
+        k = int(name.split("=")[1]) if name.startswith("packed K=") else 1
         rate = k * 3600 / min(w)
         rows.append((name, k, min(w), rate, rate / plain_rate, aucs[name]))
-        key = "plain" if name == "plain" else "resident" if name == "resident" else f"packed{k}"
+        key = {"plain": "plain", "resident": "resident", switched_name: "switched"}.get(name, f"packed{k}")
         figures[f"{key}_evals_per_hour"] = round(rate, 1)
         if name != "plain":
             figures[f"{key}_vs_plain"] = round(rate / plain_rate, 3)
     resident_rate = 3600 / min(walls["resident"])
+    if switched_name:
+        figures["switched"] = "+".join(switches)
+        figures["switched_vs_resident"] = round(figures["switched_evals_per_hour"] / resident_rate, 3)
     for k in args.packs:
         figures[f"packed{k}_vs_resident"] = round(figures[f"packed{k}_evals_per_hour"] / resident_rate, 3)
     print(f"\n| variant | K | wall per call (s) | evaluations / hour | vs plain | mean AUC of its candidates |")

@@ -208,6 +208,11 @@ class TrainConfig(_Section):
     weight_decay: float = Field(0.0, ge=0)
     augment: AugmentConfig = AugmentConfig()
     filter: FilterConfig = FilterConfig()
+    precision: Literal["fp32", "bf16", "tf32"] = Field(
+        "fp32", description="fp32: PyTorch's defaults; bf16: forward passes under bfloat16 autocast on the device; "
+        "tf32: TF32 matmuls and convolutions on CUDA (no effect on CPU)")
+    channels_last: bool = Field(False, description="model weights and batches in NHWC memory order")
+    compile: bool = Field(False, description="torch.compile the model (on CPU needs a C++ compiler)")
 
     @model_validator(mode="after")
     def _milestones_within_epochs(self) -> "TrainConfig":

@@ -114,7 +114,7 @@ def test_filtered_task_filters_train_test_and_oe() -> None:
     task = PreparedTask.from_arrays(train, test, np.arange(6) % 2 == 0, filter=("lpf", 2))
     raw = torch.tensor(train).permute(0, 3, 1, 2).float() / 255
     filtered = frequency_filter(raw, "lpf", 2)
-    torch.testing.assert_close(task.train * task.std + task.mean, filtered, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(task.prepare(task.train) * task.std + task.mean, filtered, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(task.mean.flatten(), filtered.mean(dim=(0, 2, 3)), rtol=1e-5, atol=1e-6)
     oe = task.normalise(test[:1]) * task.std + task.mean
     torch.testing.assert_close(oe, frequency_filter(torch.tensor(test[:1]).permute(0, 3, 1, 2).float() / 255, "lpf", 2),
@@ -126,8 +126,7 @@ def test_augmented_training_is_seeded_and_packs() -> None:
     train = rng.integers(0, 120, (64, 8, 8, 1), dtype=np.uint8)
     test = np.concatenate([rng.integers(0, 120, (16, 8, 8, 1)), rng.integers(100, 256, (16, 8, 8, 1))]).astype(np.uint8)
     task = PreparedTask.from_arrays(train, test, np.r_[np.zeros(16, bool), np.ones(16, bool)])
-    task64 = PreparedTask(task.train.double(), task.test.double(), task.test_anomalous, task.mean.double(),
-                          task.std.double(), task.image_shape)
+    task64 = task.astype(torch.float64)
     oe = rng.integers(150, 256, (1, 8, 8, 1), dtype=np.uint8)
     settings = TrainSettings(epochs=2, batch_size=8, milestones=(1,), augment=Augment(crop=2, flip=True, brightness=0.3,
                                                                                       contrast=0.3, noise=0.02))

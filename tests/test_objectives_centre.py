@@ -111,11 +111,12 @@ def test_centre_is_mean_initial_output_on_preprocessed_train(filt: tuple[str, in
     task = PreparedTask.from_arrays(TRAIN, TEST, ANOM, filter=filt)
     model = seeded_model(task.image_shape, False, seed=7, device=torch.device("cpu"))
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    prepared = DSVDD().prepare(model, task.train)
+    inputs = task.prepare(task.train)  # the filtered, normalised float batch training sees (uint8 on the device)
+    prepared = DSVDD().prepare(model, inputs)
     # Independently: NumPy mean of the eval-mode outputs on the preprocessed images, then the eps fix.
     reference = seeded_model(task.image_shape, False, seed=7, device=torch.device("cpu")).eval()
     with torch.no_grad():
-        out = reference(task.train).double().numpy()
+        out = reference(inputs).double().numpy()
     mean = out.mean(0)
     mean = np.where(np.abs(mean) < 0.1, np.where(mean < 0, -0.1, 0.1), mean)
     np.testing.assert_allclose(prepared.centre.numpy(), mean, rtol=1e-5, atol=1e-6)
@@ -125,7 +126,7 @@ def test_centre_is_mean_initial_output_on_preprocessed_train(filt: tuple[str, in
         assert torch.equal(value, before[key]), key
     if filt is not None:  # the filter matters: a centre on unfiltered inputs would differ
         raw = PreparedTask.from_arrays(TRAIN, TEST, ANOM)
-        assert not torch.allclose(DSVDD().prepare(model, raw.train).centre, prepared.centre)
+        assert not torch.allclose(DSVDD().prepare(model, raw.prepare(raw.train)).centre, prepared.centre)
 
 
 class _Recording(DSVDD):
@@ -143,7 +144,7 @@ def test_trainer_prepares_with_the_fresh_model_and_the_task_tensors() -> None:
     objective = _Recording()
     train_and_evaluate(task, TRAIN[:1], objective, TrainSettings(epochs=1, batch_size=16, milestones=(1,)), seed=4)
     (state, train), = objective.seen
-    assert train is task.train
+    assert torch.equal(train, task.prepare(task.train)), "the preprocessed training inputs, as training sees them"
     fresh = seeded_model(task.image_shape, False, seed=4, device=torch.device("cpu")).state_dict()
     for key, value in fresh.items():
         assert torch.equal(state[key], value), key

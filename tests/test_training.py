@@ -125,12 +125,12 @@ def test_prepared_task_normalises_with_train_statistics() -> None:
     assert prepared.train.shape == (40, 3, 8, 8)
     np.testing.assert_allclose(prepared.mean.flatten().numpy(), mean, rtol=1e-5)
     np.testing.assert_allclose(prepared.std.flatten().numpy(), std, rtol=1e-4)
-    normalised = prepared.train.numpy()
+    normalised = prepared.prepare(prepared.train).numpy()
     np.testing.assert_allclose(normalised.mean(axis=(0, 2, 3)), 0.0, atol=1e-5)
     np.testing.assert_allclose(normalised.std(axis=(0, 2, 3), ddof=1), 1.0, rtol=1e-4)
     # Test images use the *train* statistics, pixel by pixel.
     expected_test = ((test.astype(np.float64) / 255.0 - mean) / std).transpose(0, 3, 1, 2)
-    np.testing.assert_allclose(prepared.test.numpy(), expected_test, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(prepared.prepare(prepared.test).numpy(), expected_test, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(prepared.normalise(test[:3]).numpy(), expected_test[:3], rtol=1e-4, atol=1e-4)
     assert prepared.image_shape == (8, 8, 3)
     assert prepared.test_anomalous.dtype == bool
@@ -140,11 +140,40 @@ def test_prepared_task_constant_channel_is_centred_but_not_scaled() -> None:
     train = np.full((10, 8, 8, 1), 77, dtype=np.uint8)
     test = np.stack([np.full((8, 8, 1), 77), np.full((8, 8, 1), 255)]).astype(np.uint8)
     prepared = PreparedTask.from_arrays(train, test, np.array([False, True]))
-    assert torch.isfinite(prepared.train).all()
-    np.testing.assert_allclose(prepared.train.numpy(), 0.0, atol=1e-6)
+    normal = prepared.prepare(prepared.train)
+    assert torch.isfinite(normal).all()
+    np.testing.assert_allclose(normal.numpy(), 0.0, atol=1e-6)
     # std 0 is replaced by 1: a test pixel of 255 becomes (255 - 77) / 255, not a huge number.
-    np.testing.assert_allclose(prepared.test[1].numpy(), (255 - 77) / 255, rtol=1e-5)
-    np.testing.assert_allclose(prepared.test[0].numpy(), 0.0, atol=1e-6)
+    test_x = prepared.prepare(prepared.test)
+    np.testing.assert_allclose(test_x[1].numpy(), (255 - 77) / 255, rtol=1e-5)
+    np.testing.assert_allclose(test_x[0].numpy(), 0.0, atol=1e-6)
+
+
+def test_prepared_task_keeps_uint8_pixels_and_normalises_batches_like_numpy() -> None:
+    rgb_rng = np.random.default_rng(6)
+    train = rgb_rng.integers(0, 256, size=(50, 8, 8, 3)).astype(np.uint8)
+    test = rgb_rng.integers(0, 256, size=(12, 8, 8, 3)).astype(np.uint8)
+    prepared = PreparedTask.from_arrays(train, test, np.arange(12) % 2 == 0)
+    # The device copies are the pixels themselves: uint8, a quarter of float32's bytes.
+    assert prepared.train.dtype == prepared.test.dtype == torch.uint8
+    np.testing.assert_array_equal(prepared.train.numpy(), train.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(prepared.test.numpy(), test.transpose(0, 3, 1, 2))
+    assert prepared.train.untyped_storage().nbytes() == train.nbytes
+    # A gathered batch, normalised on its own, equals (x / 255 - mean) / std over the whole set in NumPy.
+    x = train.astype(np.float64) / 255.0
+    mean, std = x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2), ddof=1)
+    rows = np.array([7, 0, 49, 23, 23])
+    reference = ((x[rows] - mean) / std).transpose(0, 3, 1, 2)
+    batch = prepared.prepare(prepared.train[torch.from_numpy(rows)])
+    assert batch.dtype == torch.float32 and batch.shape == (5, 3, 8, 8)
+    np.testing.assert_allclose(batch.numpy(), reference, rtol=1e-5, atol=1e-5)
+    # ... and equals, bit for bit, normalising the whole set up front (the old representation).
+    whole = (torch.from_numpy(train).permute(0, 3, 1, 2).float() / 255.0 - prepared.mean) / prepared.std
+    assert torch.equal(batch, whole[torch.from_numpy(rows)])
+    # In float64 the same batch is the float64 computation.
+    batch64 = prepared.astype(torch.float64).prepare(prepared.train[torch.from_numpy(rows)])
+    assert batch64.dtype == torch.float64
+    np.testing.assert_allclose(batch64.numpy(), reference, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("method", ["hsc", "bce"])
@@ -186,7 +215,7 @@ def test_huge_learning_rate_diverges_and_raises(task: PreparedTask) -> None:
     torch.manual_seed(0)
     model = build_model((8, 8, 1), head=True)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    x = torch.cat([task.train[:16], task.normalise(np.repeat(OE, 16, axis=0))])
+    x = torch.cat([task.prepare(task.train[:16]), task.normalise(np.repeat(OE, 16, axis=0))])
     y = torch.cat([torch.zeros(16), torch.ones(16)])
     losses = []
     for _ in range(4):

@@ -107,7 +107,8 @@ def worker_spec(config: Config) -> WorkerSpec:
     """How workers train and score, from the ``train`` section."""
     t = config.train
     settings = TrainSettings(epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
-                             weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()))
+                             weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()),
+                             precision=t.precision, channels_last=t.channels_last, compile=t.compile)
     filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
     return WorkerSpec(t.method, t.hsc_radial, settings, filt, t.focal_gamma, t.focal_alpha)
 

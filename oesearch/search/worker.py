@@ -1,7 +1,7 @@
 """The fitness worker: a Ray actor that holds one task on its device and trains candidates.
 
 The normal training and test sets arrive once, through the object store, and
-stay on the worker's device as normalised tensors.  A job carries only its
+stay on the worker's device as uint8 pixels, normalised per batch.  A job carries only its
 corpus image(s) and seed.
 """
 

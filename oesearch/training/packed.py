@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from oesearch.models.lenet import _BN_EPS, _LEAK, LeNet, spec_for_size
+from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.metrics import roc_auc
 from oesearch.training.objectives import Objective, packable
 from oesearch.training.trainer import PreparedTask, TrainSettings, balanced_batches, seeded_model
@@ -129,16 +130,26 @@ def train_packed(
                          "train it with train_and_evaluate (run.pack 1)")
     if len(oe_images) != len(seeds) or not seeds:
         raise ValueError(f"{len(oe_images)} OE sets for {len(seeds)} seeds")
-    device = task.train.device
+    with matmul_mode(settings.precision, task.device):
+        result = _train_packed(task, oe_images, objective, settings, seeds, record_steps)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective: Objective, settings: TrainSettings,
+                  seeds: Sequence[int], record_steps: int) -> PackedResult:
+    device = task.device
     k = len(seeds)
-    nets = [seeded_model(task.image_shape, objective.head, s, device, task.train.dtype) for s in seeds]
+    nets = [seeded_model(task.image_shape, objective.head, s, device, task.dtype) for s in seeds]
     if not isinstance(nets[0], LeNet):
         raise ValueError(f"the packed trainer packs LeNets only, not {type(nets[0]).__name__}; use run.pack 1")
-    model = PackedLeNet(nets).to(device, task.train.dtype)
+    packed = PackedLeNet(nets).to(device, task.dtype)
+    model = place_model(packed, settings.channels_last, settings.compile)
+    forward = forward_mode(settings.precision, device)
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     oes = [task.normalise(images) for images in oe_images]
     augment = task.augmenter(settings.augment)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimiser = torch.optim.Adam(packed.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
     steps = math.ceil(task.train.shape[0] / settings.batch_size)
     alive = torch.ones(k, dtype=torch.bool, device=device)
@@ -146,14 +157,17 @@ def train_packed(
     recorded: list[torch.Tensor] = []
     model.train()
     for _ in range(settings.epochs):
-        total = torch.zeros(k, device=device, dtype=task.train.dtype)
-        streams = [balanced_batches(task.train, oe, settings.batch_size, g, augment) for oe, g in zip(oes, gens)]
+        total = torch.zeros(k, device=device, dtype=task.dtype)
+        streams = [balanced_batches(task.train, oe, settings.batch_size, g, augment, task.prepare)
+                   for oe, g in zip(oes, gens)]
         for batches in zip(*streams):
             b = batches[0].shape[0] // 2
             # (2b, K, C, H, W) -> (2b, K*C, H, W): candidate k owns channel block k.
-            x = torch.stack(batches, dim=1).flatten(1, 2)
+            x = place_input(torch.stack(batches, dim=1).flatten(1, 2), settings.channels_last)
             is_outlier = torch.arange(2 * b, device=device) >= b
-            losses = _per_candidate_loss(objective, model(x), is_outlier)
+            with forward:
+                out = model(x)
+            losses = _per_candidate_loss(objective, out.to(task.dtype), is_outlier)
             alive &= torch.isfinite(losses)
             optimiser.zero_grad(set_to_none=True)
             torch.where(alive, losses, 0.0).sum().backward()
@@ -166,7 +180,9 @@ def train_packed(
 
     epoch_losses = torch.stack(epoch_totals).T.tolist()  # one host sync for the whole training
     ok = alive.tolist()
-    scores = _packed_scores(model, objective, task.test)
+    with forward:
+        scores = _packed_scores(model, packed.k, objective, task.test,
+                                lambda px: place_input(task.prepare(px), settings.channels_last))
     aucs: list[float | None] = []
     failures: list[str | None] = []
     for i in range(k):
@@ -181,18 +197,18 @@ def train_packed(
             aucs.append(roc_auc(task.test_anomalous, scores[i]))
             failures.append(None)
     steps_out = torch.stack(recorded).T.tolist() if recorded else [[] for _ in range(k)]
-    return PackedResult(aucs, failures, epoch_losses, steps_out, time.perf_counter() - start)
+    return PackedResult(aucs, failures, epoch_losses, steps_out)
 
 
 @torch.no_grad()
-def _packed_scores(model: PackedLeNet, objective: Objective, images: torch.Tensor, chunk: int = 1024) -> np.ndarray:
-    """(K, m) anomaly scores in eval mode; every candidate sees the same test images."""
+def _packed_scores(model: torch.nn.Module, k: int, objective: Objective, images: torch.Tensor, load,
+                   chunk: int = 1024) -> np.ndarray:
+    """(K, m) anomaly scores in eval mode; every candidate sees the same test images (``load`` makes them input)."""
     model.eval()
     parts = []
     for i in range(0, len(images), chunk):
-        x = images[i : i + chunk]
-        out = model(x.repeat(1, model.k, 1, 1))  # (b, K, ...)
-        k = out.shape[1]
+        x = load(images[i : i + chunk])
+        out = model(x.repeat(1, k, 1, 1)).to(x.dtype)  # (b, K, ...); full precision for scoring
         flat = out.transpose(0, 1).reshape(k * out.shape[0], *out.shape[2:])
         parts.append(objective.score(flat).view(k, -1))
     return torch.cat(parts, dim=1).float().cpu().numpy()

@@ -2,12 +2,14 @@
 
 Batches are balanced (paper Appendix G): each step takes B normal images and B
 OE images.  With a single OE image the OE half is that image repeated B times.
-Data lives on the device as normalised tensors prepared once per worker
-(:class:`PreparedTask`); only the OE image(s) and a seed arrive per training.
+Data lives on the device as uint8 pixels prepared once per worker
+(:class:`PreparedTask`) and is filtered and normalised per batch there; only
+the OE image(s) and a seed arrive per training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,12 +20,13 @@ import torch
 
 from oesearch.models import build_model
 from oesearch.training.augment import Augment, frequency_filter
+from oesearch.training.execution import check_precision, forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.metrics import roc_auc
 from oesearch.training.objectives import Objective
 
 __all__ = [
     "TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor",
-    "seeded_model", "balanced_batches", "anomaly_scores",
+    "to_pixels", "seeded_model", "balanced_batches", "anomaly_scores",
 ]
 
 
@@ -41,26 +44,42 @@ class TrainSettings:
     batch_size: int = 128  # per side: B normal + B OE images per step
     weight_decay: float = 0.0
     augment: Augment = Augment()  # applied on the device to every batch; off by default
+    precision: str = "fp32"  # "fp32" | "bf16" (autocast forward) | "tf32" (CUDA only; no-op on CPU)
+    channels_last: bool = False  # model and batches in NHWC memory order
+    compile: bool = False  # torch.compile the model
+
+    def __post_init__(self) -> None:
+        check_precision(self.precision)
+
+
+def to_pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    """uint8 (N, H, W, C) -> uint8 (N, C, H, W) on ``device``, a view of the NHWC memory (channels-last strides)."""
+    # A copy: the arrays arrive read-only from Ray's object store or a memmap.
+    return torch.tensor(np.asarray(images), device=device).permute(0, 3, 1, 2)
 
 
 def to_tensor(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """uint8 (N, H, W, C) -> float32 (N, C, H, W) in [0, 1]."""
-    # A copy: the arrays arrive read-only from Ray's object store or a memmap.
-    t = torch.tensor(np.asarray(images), device=device)
-    return t.permute(0, 3, 1, 2).float().div_(255.0)
+    return to_pixels(images, device).float().div_(255.0)
 
 
 @dataclass
 class PreparedTask:
-    """A one-vs-rest task resident on one device, normalised by the normal class's statistics."""
+    """A one-vs-rest task resident on one device as uint8, normalised per batch by the normal class's statistics.
 
-    train: torch.Tensor  # (n, C, H, W) normalised normal training images
-    test: torch.Tensor  # (m, C, H, W) normalised test images
+    Keeping pixels as uint8 quarters the device memory for the data.  :meth:`prepare`
+    applies, per batch, exactly the elementwise steps (and the per-image filter) that
+    normalising the whole set up front would, so a batch's values are bit-identical.
+    """
+
+    train: torch.Tensor  # (n, C, H, W) uint8 normal training pixels (NHWC memory)
+    test: torch.Tensor  # (m, C, H, W) uint8 test pixels (NHWC memory)
     test_anomalous: np.ndarray  # (m,) bool
-    mean: torch.Tensor  # (1, C, 1, 1)
-    std: torch.Tensor  # (1, C, 1, 1)
+    mean: torch.Tensor  # (1, C, 1, 1) in ``dtype``
+    std: torch.Tensor  # (1, C, 1, 1) in ``dtype``
     image_shape: tuple[int, int, int]  # (H, W, C)
     filter: tuple[str, int] | None = None  # ("lpf" | "hpf", magnitude) applied to every image, or None
+    dtype: torch.dtype = torch.float32  # what batches (and the model) compute in
 
     @classmethod
     def from_arrays(
@@ -71,17 +90,20 @@ class PreparedTask:
         device: torch.device | str = "cpu",
         filter: tuple[str, int] | None = None,
     ) -> "PreparedTask":
-        """Normal train and test sets on ``device``, frequency-filtered (if asked) before the statistics."""
+        """Normal train and test pixels on ``device``; statistics of the (filtered, if asked) train set."""
         filt = _filter_fn(filter)
-        train = filt(to_tensor(normal_train, device))
-        mean = train.mean(dim=(0, 2, 3), keepdim=True)
+        train = to_pixels(normal_train, device)
+        # The statistics come from one float copy of the whole set, as before the data became
+        # uint8, so they (and every result) stay bit-identical; the copy is freed on return.
+        full = filt(train.float().div_(255.0))
+        mean = full.mean(dim=(0, 2, 3), keepdim=True)
         # A constant channel (std 0) would divide by zero; leave it unscaled.
-        std = train.std(dim=(0, 2, 3), keepdim=True)
+        std = full.std(dim=(0, 2, 3), keepdim=True)
         std = torch.where(std > 1e-6, std, torch.ones_like(std))
-        test = (filt(to_tensor(test_images, device)) - mean) / std
+        del full
         return cls(
-            train=(train - mean) / std,
-            test=test,
+            train=train,
+            test=to_pixels(test_images, device),
             test_anomalous=np.asarray(test_anomalous, dtype=bool),
             mean=mean,
             std=std,
@@ -89,9 +111,21 @@ class PreparedTask:
             filter=tuple(filter) if filter else None,
         )
 
+    @property
+    def device(self) -> torch.device:
+        return self.train.device
+
+    def astype(self, dtype: torch.dtype) -> "PreparedTask":
+        """The same task computing in ``dtype`` (e.g. float64 for exact comparisons); pixels are shared."""
+        return dataclasses.replace(self, mean=self.mean.to(dtype), std=self.std.to(dtype), dtype=dtype)
+
+    def prepare(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) on the device -> filtered, normalised ``dtype`` batch."""
+        return (_filter_fn(self.filter)(pixels.to(self.dtype).div_(255.0)) - self.mean) / self.std
+
     def normalise(self, images: np.ndarray) -> torch.Tensor:
-        """uint8 images -> (filtered,) normalised tensors on this task's device."""
-        return (_filter_fn(self.filter)(to_tensor(images, self.train.device)) - self.mean) / self.std
+        """uint8 (N, H, W, C) images -> (filtered,) normalised tensors on this task's device."""
+        return self.prepare(to_pixels(images, self.device))
 
     def augmenter(self, augment: Augment) -> Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None:
         """Normalised batch -> augmented normalised batch (augmentation acts on pixels); None when off."""
@@ -125,8 +159,12 @@ def seeded_model(image_shape: tuple[int, int, int], head: bool, seed: int, devic
 
 
 def balanced_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen: torch.Generator,
-                     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None):
+                     transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+                     load: Callable[[torch.Tensor], torch.Tensor] | None = None):
     """One epoch of batches ``cat([B normal, B outliers])`` drawn from ``gen``.
+
+    ``load`` turns the gathered rows of ``train`` into model input (e.g.
+    :meth:`PreparedTask.prepare` for uint8 pixels); None: they already are.
 
     The single definition of the sampling order: a permutation per epoch, then
     per step the OE slots, then the augmentation's parameters.  The packed
@@ -138,6 +176,8 @@ def balanced_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen
     order = torch.randperm(n, generator=gen, device=device)
     for lo in range(0, n, batch_size):
         normal = train[order[lo : lo + batch_size]]
+        if load is not None:
+            normal = load(normal)
         b = normal.shape[0]
         x = torch.cat([normal, oe[torch.randint(len(oe), (b,), generator=gen, device=device)]])
         yield x if transform is None else transform(x, gen)
@@ -158,15 +198,25 @@ def train_and_evaluate(
     loss diverges; it is checked once per epoch to avoid a host sync per step.
     """
     start = time.perf_counter()
-    device = task.train.device
-    model = seeded_model(task.image_shape, objective.head, seed, device, task.train.dtype)
-    if hasattr(objective, "prepare"):  # e.g. DSAD/DSVDD's centre, from the same preprocessed train tensors
-        objective = objective.prepare(model, task.train)
+    with matmul_mode(settings.precision, task.device):
+        result = _train(task, oe_images, objective, settings, seed, record_steps)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _train(task: PreparedTask, oe_images: np.ndarray, objective: Objective, settings: TrainSettings, seed: int,
+           record_steps: int) -> TrainResult:
+    device = task.device
+    net = seeded_model(task.image_shape, objective.head, seed, device, task.dtype)
+    if hasattr(objective, "prepare"):  # e.g. DSAD/DSVDD's centre, from the same preprocessed train inputs
+        objective = objective.prepare(net, task.prepare(task.train))
     uses_oe = getattr(objective, "uses_oe", True)
+    model = place_model(net, settings.channels_last, settings.compile)
+    forward = forward_mode(settings.precision, device)
     gen = torch.Generator(device=device).manual_seed(seed)
     oe = task.normalise(oe_images)
     augment = task.augmenter(settings.augment)
-    optimiser = torch.optim.Adam(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
 
     steps = math.ceil(task.train.shape[0] / settings.batch_size)
@@ -175,12 +225,14 @@ def train_and_evaluate(
     model.train()
     for epoch in range(settings.epochs):
         total = torch.zeros((), device=device)
-        for x in balanced_batches(task.train, oe, settings.batch_size, gen, augment):
+        for x in balanced_batches(task.train, oe, settings.batch_size, gen, augment, task.prepare):
             b = x.shape[0] // 2
             if not uses_oe:  # unsupervised: OE reaches neither the loss nor the BatchNorm statistics
                 x = x[:b]
             is_outlier = torch.arange(x.shape[0], device=device) >= b
-            loss = objective.loss(model(x), is_outlier).mean()
+            with forward:
+                out = model(place_input(x, settings.channels_last))
+            loss = objective.loss(out.to(task.dtype), is_outlier).mean()
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -193,17 +245,25 @@ def train_and_evaluate(
             raise NonFiniteLossError(f"loss became {mean_loss} in epoch {epoch + 1}/{settings.epochs}")
         epoch_losses.append(mean_loss)
 
-    scores = anomaly_scores(model, objective, task.test)
+    with forward:
+        scores = anomaly_scores(model, objective, task.test,
+                                load=lambda px: place_input(task.prepare(px), settings.channels_last))
     if not np.all(np.isfinite(scores)):
         raise NonFiniteLossError("the trained model produced non-finite anomaly scores")
     auc = roc_auc(task.test_anomalous, scores)
     step_losses = torch.stack(recorded).tolist() if recorded else []
-    return TrainResult(auc=auc, epoch_losses=epoch_losses, seconds=time.perf_counter() - start, step_losses=step_losses)
+    return TrainResult(auc=auc, epoch_losses=epoch_losses, step_losses=step_losses)
 
 
 @torch.no_grad()
-def anomaly_scores(model: torch.nn.Module, objective: Objective, images: torch.Tensor, chunk: int = 2048) -> np.ndarray:
-    """Scores for ``images`` with the model in eval mode (BatchNorm running statistics)."""
+def anomaly_scores(model: torch.nn.Module, objective: Objective, images: torch.Tensor, chunk: int = 2048,
+                   load: Callable[[torch.Tensor], torch.Tensor] | None = None) -> np.ndarray:
+    """Scores for ``images`` (each chunk passed through ``load`` first) with the model in eval mode."""
     model.eval()
-    parts = [objective.score(model(images[i : i + chunk])) for i in range(0, len(images), chunk)]
+    load = load or (lambda x: x)
+    parts = []
+    for i in range(0, len(images), chunk):
+        x = load(images[i : i + chunk])
+        # Back to the input's dtype: under bf16 autocast the output is bfloat16; score in full precision.
+        parts.append(objective.score(model(x).to(x.dtype)))
     return torch.cat(parts).float().cpu().numpy()
