@@ -18,7 +18,8 @@ from typing import Sequence
 from matplotlib.figure import Figure
 
 from oesearch.analysis.genealogy import genealogy_figure
-from oesearch.analysis.plots import best_worst_figures, diversity_figure, fitness_curves, progress_figure
+from oesearch.analysis.plots import (best_worst_figures, diversity_figure, filter_view, fitness_curves,
+                                     progress_figure)
 from oesearch.analysis.runs import Run, load_run, run_images
 from oesearch.analysis.tables import compare_table, runs_table
 from oesearch.config import ConfigError
@@ -66,7 +67,7 @@ def build_report(runs: Sequence[Run], command: str) -> str:
         parts.append(f"<p><b>Images unavailable</b> ({html.escape(str(err))}); grids and thumbnails are left out.</p>")
     if images is not None:
         parts.append("<h2>Best and worst OE samples</h2>")
-        parts += [_img(fig, "best and worst samples") for fig in best_worst_figures(runs)]
+        parts += [_img(fig, "best and worst samples") for fig in best_worst_figures(runs, filtered=filter_view(runs))]
     parts.append("<h2>Fitness over generations</h2>" + _img(fitness_curves(runs), "fitness curves"))
     evolution = [(r, i) for r, i in zip(runs, images or [None] * len(runs)) if r.strategy == "evolution"]
     if evolution and images is not None:

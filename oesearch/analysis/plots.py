@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from scipy.spatial.distance import pdist
 
 from oesearch.analysis.runs import Run, RunImages, journal_generation_stats, run_images
+from oesearch.training.augment import frequency_filter
 from oesearch.results.figures import grid_figure
 
 __all__ = ["GridRow", "best_worst_figures", "best_worst_rows", "diversity_figure", "fitness_curves",
@@ -57,6 +58,32 @@ def best_worst_rows(runs: Sequence[Run], columns: int = 8) -> dict[tuple[str, in
         groups.setdefault((run.config.name, run.normal_class), []).append(
             GridRow(label, [list(t["indices"]) for t in top], captions))
     return groups
+
+
+def filter_view(runs: Sequence[Run]) -> Callable[[np.ndarray], np.ndarray] | None:
+    """What the networks saw when the runs used an LPF/HPF filter (paper Appendix C), as uint8 images.
+
+    None when the runs are unfiltered or use different filters. A high-pass
+    view has zero mean, so each image is stretched to the full range to be seen.
+    """
+    filters = {(r.config.train.filter.kind, r.config.train.filter.magnitude) for r in runs}
+    if len(filters) != 1:
+        return None
+    ((kind, magnitude),) = filters
+    if kind == "none" or magnitude == 0:
+        return None
+
+    def view(images: np.ndarray) -> np.ndarray:
+        import torch
+
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).double() / 255.0
+        y = frequency_filter(x, kind, magnitude)
+        if kind == "hpf":
+            lo, hi = y.amin((1, 2, 3), keepdim=True), y.amax((1, 2, 3), keepdim=True)
+            y = (y - lo) / (hi - lo).clamp_min(1e-12)
+        return (y.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+    return view
 
 
 def best_worst_figures(runs: Sequence[Run], columns: int = 8,
