@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy.spatial.distance import pdist
@@ -74,8 +75,6 @@ def filter_view(runs: Sequence[Run]) -> Callable[[np.ndarray], np.ndarray] | Non
         return None
 
     def view(images: np.ndarray) -> np.ndarray:
-        import torch
-
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).double() / 255.0
         y = frequency_filter(x, kind, magnitude)
         if kind == "hpf":

@@ -305,10 +305,10 @@ class NeighbourIndex:
             # into knn_L2sqr_by_idx, touching only these rows. An IVF scan asks
             # is_member of every id in a probed cell: a hash set there.
             flat = self.ivf is None
-            selector = faiss.IDSelectorArray(candidates) if flat else faiss.IDSelectorBatch(candidates)
-            search_k = min(k, candidates.size)
             if flat and self.bound is not None:
                 return self.bound.nearest(self.index, self._query_mean(queries), candidates, k)
+            selector = faiss.IDSelectorArray(candidates) if flat else faiss.IDSelectorBatch(candidates)
+            search_k = min(k, candidates.size)
         centre = self._query_mean(queries)
         params = (faiss.SearchParameters(sel=selector) if self.ivf is None
                   else faiss.SearchParametersIVF(sel=selector, nprobe=self.ivf.nprobe))

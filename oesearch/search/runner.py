@@ -46,10 +46,10 @@ def load_search_data(config: Config, log: Callable[[str], None] = print) -> Sear
     corpus = load_corpus(d.corpus, task.image_shape, d.cache_dir)
     start = time.perf_counter()
     ix = config.search.index
-    if ix.kind == "ivfpq" and int(np.prod(task.image_shape)) % ix.pq_m:
-        raise ConfigError(f"search.index.pq_m={ix.pq_m} must divide the image size {int(np.prod(task.image_shape))}")
-    key = corpus_key(d.corpus, task.image_shape)
     dim = int(np.prod(task.image_shape))
+    if ix.kind == "ivfpq" and dim % ix.pq_m:
+        raise ConfigError(f"search.index.pq_m={ix.pq_m} must divide the image size {dim}")
+    key = corpus_key(d.corpus, task.image_shape)
     bound_dims = auto_bound_dims(len(corpus), dim) if ix.bound_dims == "auto" else ix.bound_dims
     if ix.kind == "flat" and bound_dims:
         if bound_dims >= dim:
