@@ -230,7 +230,7 @@ class IndexConfig(_Section):
     pq_m: int = Field(64, ge=1, description="ivfpq: bytes per vector; must divide the image size H*W*C")
     bound_dims: int | Literal["auto"] = Field(
         "auto", description="flat: principal components of the lower bound that prunes exact pool searches "
-        "(results unchanged); 0 turns it off; auto: 127 for corpora of >= 20,000 images of >= 1,024 values")
+        "(results unchanged); 0 turns it off; auto: 255 for corpora of >= 20,000 images of >= 1,024 values")
 
     @field_validator("bound_dims")
     @classmethod

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from oesearch.search.bounds import ProjectedBound
+from oesearch.search.bounds import ProjectedBound, level_dims
 from oesearch.search.neighbours import NeighbourIndex
 
 
@@ -53,16 +53,51 @@ def test_draws_are_the_same_with_and_without_the_bound() -> None:
     assert [pruned.draw([i], a, 500, 10) for i in range(100)] == [plain.draw([i], b, 500, 10) for i in range(100)]
 
 
-def test_the_bound_never_exceeds_a_true_distance() -> None:
+def test_every_level_bound_never_exceeds_a_true_distance() -> None:
     vectors = natural_like(1500, 96, seed=5)
-    bound = ProjectedBound.fit(vectors, 6)
-    codes = bound.codes.reconstruct_n(0, len(vectors)).astype(np.float64)
+    bound = ProjectedBound.fit(vectors, 15)
+    assert bound.levels == level_dims(15) == (1, 3, 15)
     rng = np.random.default_rng(6)
-    i, j = rng.integers(len(vectors), size=(2, 5000))
-    true = ((vectors[i].astype(np.float64) - vectors[j]) ** 2).sum(axis=1)
-    lower = ((codes[i] - codes[j]) ** 2).sum(axis=1)
-    assert np.all(lower <= true * (1 + 1e-4) + 1e-5 * bound.scale)
-    assert np.median(lower / np.maximum(true, 1e-12)) > 0.5, "on low-rank data the bound is tight enough to prune"
+    ids = np.arange(len(vectors))
+    tight = []
+    for query in rng.integers(len(vectors), size=20):
+        centre = vectors[query]
+        true = ((vectors.astype(np.float64) - centre) ** 2).sum(axis=1)
+        slack = 1e-5 * max(bound.scale, float(np.square(centre - bound.mean).sum()))
+        for level, code in zip(bound.codes, bound._encode_query(centre)):
+            lower = bound._bounds(level, code, ids, slack)
+            assert np.all(lower <= true)
+        tight.append(np.median(lower[true > 0] / true[true > 0]))
+    assert np.median(tight) > 0.5, "on low-rank data the finest bound is tight enough to prune"
+
+
+def test_level_bounds_tighten_with_more_components() -> None:
+    vectors = natural_like(1000, 96, seed=8)
+    bound = ProjectedBound.fit(vectors, 31)
+    centre = vectors[0]
+    per_level = [bound._bounds(level, code, np.arange(1, 1000), 0.0)
+                 for level, code in zip(bound.codes, bound._encode_query(centre))]
+    for coarse, fine in zip(per_level, per_level[1:]):
+        assert np.all(coarse <= fine * (1 + 1e-4) + 1e-6)
+
+
+@pytest.mark.parametrize("make", [natural_like, uniform])
+def test_cuts_and_widened_levels_stay_exact(make, monkeypatch: pytest.MonkeyPatch) -> None:
+    """k small against the pool: every level cuts; on uniform data the cuts are too loose and widen."""
+    vectors = make(4000, 64, seed=9)
+    groups = np.arange(len(vectors))
+    pruned = NeighbourIndex(vectors, groups, bound_dims=16)
+    calls = []
+    original = ProjectedBound._bounds
+    monkeypatch.setattr(ProjectedBound, "_bounds", lambda self, *a: calls.append(1) or original(self, *a))
+    rng = np.random.default_rng(10)
+    for trial in range(20):
+        queries = rng.choice(len(vectors), size=1 + trial % 2, replace=False).tolist()
+        pool = rng.choice(len(vectors), size=3900, replace=False)
+        assert pruned.nearest(queries, pool, 5).tolist() == brute_force(vectors, queries, pool, 5)
+    levels = len(pruned.bound.levels)
+    if make is uniform:
+        assert len(calls) > 20 * levels, "loose bounds must widen some level and search again"
 
 
 def test_the_bound_survives_save_and_load(tmp_path: Path) -> None:

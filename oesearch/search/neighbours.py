@@ -183,8 +183,8 @@ class NeighbourIndex:
             nlist: IVF cells; default about 4 * sqrt(N).
             nprobe: IVF cells searched per draw (default 32, or what a loaded index holds).
             pq_m: bytes per vector of ``ivfpq`` (must divide D).
-            bound_dims: ``flat`` only: prune pool searches with a lower bound
-                from this many principal components (0: off). Results are
+            bound_dims: ``flat`` only: prune pool searches with lower bounds
+                from up to this many principal components (0: off). Results are
                 unchanged; see :mod:`oesearch.search.bounds`.
             _index, _bound: Internal; already built parts (used by :meth:`load`).
         """
