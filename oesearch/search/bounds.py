@@ -125,35 +125,49 @@ class ProjectedBound:
         norm = float(np.dot(centred.astype(np.float64), centred))
         return [np.append(projected[:r], np.float32(np.sqrt(max(norm - kept[r - 1], 0.0)))) for r in self.levels]
 
-    def nearest(self, exact: faiss.Index, centre: np.ndarray, candidates: np.ndarray, k: int) -> np.ndarray:
-        """The ``k`` candidates nearest to ``centre`` under ``exact``'s distances, nearest first."""
+    def nearest(self, exact: faiss.IndexFlat, centre: np.ndarray, candidates: np.ndarray, k: int,
+                query_id: int | None = None) -> np.ndarray:
+        """The ``k`` candidates nearest to ``centre`` under ``exact``'s distances, nearest first.
+
+        ``query_id``: the corpus item ``centre`` is, when it is one (mutation); its stored codes are used.
+        Ties in distance are ordered as ``candidates`` are.
+        """
         k = min(k, candidates.size)
-        codes = self._encode_query(centre[0])
+        codes = ([level[query_id] for level in self.codes] if query_id is not None
+                 else self._encode_query(centre[0]))
         slack = _SCALE_MARGIN * max(self.scale, float(np.square(centre - self.mean).sum()))
         widths = [max(multiple * k, minimum) for multiple, minimum in _WIDTHS[-len(self.levels):]]
         while True:
-            kept = np.arange(candidates.size)  # positions in `candidates`, kept in their order
-            dropped_from = []  # per level: the smallest bound it dropped (inf: none)
+            ids, kept = candidates, np.arange(candidates.size)  # survivors, and their positions in candidates
+            dropped_from = []  # per level: a lower bound on every item it dropped (inf: none dropped)
             for i, (level, code, width) in enumerate(zip(self.codes, codes, widths)):
-                if width >= kept.size and i < len(widths) - 1:
+                if width >= ids.size and i < len(widths) - 1:
                     dropped_from.append(np.inf)  # nothing to cut here: only the finest bounds are needed
                     continue
-                bounds = self._bounds(level, code, candidates[kept], slack)
-                if width < kept.size:
+                bounds = self._bounds(level, code, ids, slack)
+                if width < ids.size:
                     cut = np.partition(bounds, width)[width]
-                    keep = bounds <= cut  # at least width + 1 items; every dropped one is above `cut`
-                    kept, bounds = kept[keep], bounds[keep]
+                    keep = np.flatnonzero(bounds <= cut)  # at least width + 1; every dropped one is above `cut`
+                    ids, kept, bounds = ids[keep], kept[keep], bounds[keep]
                     dropped_from.append(cut)
                 else:
                     dropped_from.append(np.inf)
-            probe = kept[np.argpartition(bounds, k - 1)[:k]] if k < kept.size else kept
-            kth = self._exact(exact, centre, candidates[np.sort(probe)], k)[0][-1]  # >= the true k-th distance
+            probe = np.argpartition(bounds, k - 1)[:k] if k < ids.size else np.arange(ids.size)
+            probe_distances = _distances(exact, centre, ids[probe])
+            kth = probe_distances.max()  # >= the true k-th distance
             loose = [i for i, cut in enumerate(dropped_from) if cut <= kth]
-            if not loose:  # every item within kth of the centre survived every level
-                needed = kept[bounds <= kth]
-                return self._exact(exact, centre, candidates[needed], k)[1]
-            for i in loose:  # a bound was too loose there: keep more at that level
-                widths[i] *= 4
+            if loose:  # a bound was too loose there: keep more at that level and search again
+                for i in loose:
+                    widths[i] *= 4
+                continue
+            # Every item within kth of the centre survived every level with a finest bound <= kth.
+            within = bounds <= kth
+            within[probe] = False
+            rest = np.flatnonzero(within)
+            chosen = np.concatenate([probe, rest])
+            distances = np.concatenate([probe_distances, _distances(exact, centre, ids[rest])])
+            order = np.lexsort((kept[chosen], distances))[:k]
+            return ids[chosen[order]]
 
     def _bounds(self, level: np.ndarray, code: np.ndarray, ids: np.ndarray, slack: float) -> np.ndarray:
         """Lower bounds of the true squared distances of ``ids``, from their codes at one level."""
@@ -161,10 +175,6 @@ class ProjectedBound:
         bounds = np.empty(len(ids), dtype=np.float32)
         faiss.fvec_L2sqr_ny(faiss.swig_ptr(bounds), faiss.swig_ptr(code), faiss.swig_ptr(rows), code.size, len(ids))
         return bounds * (1 - _REL_MARGIN) - slack
-
-    @staticmethod
-    def _exact(exact: faiss.Index, centre: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return _search(exact, centre, np.ascontiguousarray(ids, dtype=np.int64), k)
 
     # persistence: plain arrays next to the FAISS file
     def arrays(self) -> dict[str, np.ndarray]:
@@ -182,7 +192,18 @@ class ProjectedBound:
         return cls(arrays["mean"], arrays["basis"], codes, float(arrays["scale"]))
 
 
-def _search(index: faiss.Index, query: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` of ``ids`` nearest to ``query`` in ``index``, nearest first (FAISS reads only those rows)."""
-    distances, found = index.search(query, min(k, ids.size), params=faiss.SearchParameters(sel=faiss.IDSelectorArray(ids)))
-    return distances[0], found[0].astype(np.int64, copy=False)
+def _distances(exact: faiss.IndexFlat, centre: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Squared L2 distances from ``centre`` to the (distinct) rows ``ids`` of ``exact``, in the order of ``ids``.
+
+    A FAISS search restricted to ``ids`` with k = len(ids): the very numbers an unpruned search computes.
+    (FAISS's fvec_L2sqr_by_idx gives the same numbers, but opens an OpenMP team for one query, which
+    costs milliseconds while the cores are busy training.)
+    """
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.size == 0:
+        return np.empty(0, dtype=np.float32)
+    found_distances, found = exact.search(centre, ids.size, params=faiss.SearchParameters(sel=faiss.IDSelectorArray(ids)))
+    sorter = np.argsort(ids)
+    out = np.empty(ids.size, dtype=np.float32)
+    out[sorter[np.searchsorted(ids, found[0], sorter=sorter)]] = found_distances[0]
+    return out

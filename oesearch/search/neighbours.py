@@ -306,7 +306,8 @@ class NeighbourIndex:
             # is_member of every id in a probed cell: a hash set there.
             flat = self.ivf is None
             if flat and self.bound is not None:
-                return self.bound.nearest(self.index, self._query_mean(queries), candidates, k)
+                single = int(queries[0]) if len(queries) == 1 else None
+                return self.bound.nearest(self.index, self._query_mean(queries), candidates, k, query_id=single)
             selector = faiss.IDSelectorArray(candidates) if flat else faiss.IDSelectorBatch(candidates)
             search_k = min(k, candidates.size)
         centre = self._query_mean(queries)
