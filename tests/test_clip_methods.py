@@ -181,3 +181,18 @@ def test_prompt_class_names_and_leave_one_class_out(weights) -> None:
     loo = leave_one_class_out(load_digits_split("train"), load_digits_split("test"), 3)
     with pytest.raises(ValueError, match="one-vs-rest"):
         _FitnessWorker(loo, _spec("clip_zero_shot", weights))
+
+
+def test_bf16_forward_keeps_the_eq4_logit_in_float32(weights, task) -> None:
+    """Under bf16 autocast only the image encoder runs in bfloat16; the scaled similarities stay float32."""
+    from oesearch.training.execution import forward_mode
+
+    model, tokenizer = load_clip(NAME, weights)
+    detector = ClipDetector(model, tokenizer, "8").eval()
+    x = clip_inputs(task.test[:6], model)
+    with torch.no_grad(), forward_mode("bf16", torch.device("cpu")):
+        logits = detector(x)
+        u = torch.nn.functional.normalize(model.encode_image(x).float(), dim=-1)
+    assert logits.dtype == torch.float32
+    by_hand = 100 * (u.double() @ detector.text.double().T)
+    torch.testing.assert_close(logits.double(), by_hand[:, 1] - by_hand[:, 0], rtol=0, atol=1e-4)

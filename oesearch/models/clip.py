@@ -85,7 +85,9 @@ class ClipDetector(nn.Module):
     def similarities(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 2) scaled cosine similarities to (v1, v2)."""
         u = F.normalize(self.clip.encode_image(images).float(), dim=-1)
-        return LOGIT_SCALE * u @ self.text.T
+        # In float32 even under bf16 autocast: at scale 100, bfloat16 would round the logit to ~0.5.
+        with torch.autocast(u.device.type, enabled=False):
+            return LOGIT_SCALE * u @ self.text.T
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         s = self.similarities(images)
