@@ -196,3 +196,28 @@ def test_bf16_forward_keeps_the_eq4_logit_in_float32(weights, task) -> None:
     assert logits.dtype == torch.float32
     by_hand = 100 * (u.double() @ detector.text.double().T)
     torch.testing.assert_close(logits.double(), by_hand[:, 1] - by_hand[:, 0], rtol=0, atol=1e-4)
+
+
+def test_the_frequency_filter_reaches_clip_at_the_datas_own_size(weights, task, oe) -> None:
+    """train.filter acts on every image CLIP sees, before the resize: here an LPF on the 8x8 digits."""
+    from oesearch.models.clip import clip_transform
+    from oesearch.training.augment import frequency_filter
+
+    spec = _spec("clip_zero_shot", weights)
+    filtered = _FitnessWorker(task, WorkerSpec(**{**spec.__dict__, "filter": ("lpf", 2)}))
+    row = filtered.evaluate(Job(8, (5,), 1, "search", 0, 0), oe[:1])
+    model, tokenizer = load_clip(NAME, weights)
+    pixels = torch.tensor(task.test).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        logits = ClipDetector(model, tokenizer, "8").eval()(clip_transform(model)(frequency_filter(pixels, "lpf", 2)))
+    assert row["auc"] == pytest.approx(roc_auc_score(task.test_anomalous, torch.sigmoid(logits).numpy()), abs=1e-12)
+    plain = _FitnessWorker(task, spec).evaluate(Job(8, (5,), 1, "search", 0, 0), oe[:1])
+    assert row["auc"] != plain["auc"]
+
+
+def test_config_and_objectives_agree_on_the_clip_methods() -> None:
+    from oesearch import config
+    from oesearch.training import objectives
+
+    assert config.CLIP_METHODS == objectives.CLIP_METHODS
+    assert set(objectives.METHODS) == set(config.TrainConfig.model_fields["method"].annotation.__args__)

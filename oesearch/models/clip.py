@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ClipDetector", "load_clip", "check_clip_weights", "clip_inputs", "clip_transform", "fine_tune_bce_cl", "prompts",
-           "ANOMALOUS_PROMPT"]
+__all__ = ["ClipDetector", "load_clip", "check_clip_weights", "clip_inputs", "clip_transform", "fine_tune_bce_cl",
+           "prompts", "ANOMALOUS_PROMPT"]
 
 ANOMALOUS_PROMPT = "a photo of something"
 LOGIT_SCALE = 100.0  # Eq. 4's fixed temperature (not the model's learnt logit_scale)
