@@ -29,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         "`oesearch report RUN_DIR...` writes an HTML report of finished or running searches.",
     )
     p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
-    p.add_argument("--method", choices=["hsc", "bce", "focal", "dsad", "dsvdd"], help="objective (train.method)")
+    p.add_argument("--method", choices=["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"],
+                   help="objective (train.method); the CLIP methods need train.clip.weights")
     p.add_argument("--mode", choices=["best", "worst"], help="search for the best or the worst OE samples (search.mode)")
     p.add_argument("--strategy", choices=["evolution", "random"], help="evolution, or the random-search baseline")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -18,6 +18,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "TrainConfig",
+    "ClipConfig",
     "AugmentConfig",
     "FilterConfig",
     "SearchConfig",
@@ -193,8 +194,30 @@ class FilterConfig(_Section):
     magnitude: int = Field(0, ge=0, description="LPF: rows/columns zeroed at each edge; HPF: side of the zeroed centre")
 
 
+class ClipConfig(_Section):
+    """CLIP for train.method clip_zero_shot and bce_cl (paper Section 3.3; BCE-CL schedule of Appendix G.2)."""
+
+    model: str = Field("ViT-L-14", description="open_clip architecture name (OpenAI weights: the -quickgelu name)")
+    weights: str | None = Field(None, description="local weights file (a state_dict); never downloaded")
+    epochs: int = Field(80, ge=1, description="BCE-CL epochs")
+    lr: float = Field(1e-4, gt=0, description="BCE-CL SGD learning rate; the paper uses 2e-5 on CIFAR-10, CUB, "
+                      "DTD and F/MNIST")
+    milestones: tuple[int, ...] = (50, 60, 70, 75)
+    batch_size: int = Field(128, ge=1, description="per side: B normal + B OE images per step")
+    momentum: float = Field(0.9, ge=0, lt=1, description="Nesterov momentum")
+
+    @model_validator(mode="after")
+    def _milestones_within_epochs(self) -> "ClipConfig":
+        if any(m < 1 or m > self.epochs for m in self.milestones):
+            raise ValueError(f"milestones {list(self.milestones)} must lie in [1, epochs={self.epochs}]")
+        return self
+
+
+CLIP_METHODS = ("clip_zero_shot", "bce_cl")
+
+
 class TrainConfig(_Section):
-    method: Literal["hsc", "bce", "focal", "dsad", "dsvdd"] = "hsc"
+    method: Literal["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"] = "hsc"
     hsc_radial: Literal["pseudo_huber", "l1", "l2", "l2_squared"] = "pseudo_huber"
     focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (paper Section 4); 0 is BCE scaled by alpha")
     focal_alpha: float = Field(0.5, gt=0, lt=1, description="Focal loss weight of the outlier class; 0.5 on "
@@ -213,11 +236,21 @@ class TrainConfig(_Section):
         "tf32: TF32 matmuls and convolutions on CUDA (no effect on CPU)")
     channels_last: bool = Field(False, description="model weights and batches in NHWC memory order")
     compile: bool = Field(False, description="torch.compile the model (on CPU needs a C++ compiler)")
+    clip: ClipConfig = ClipConfig()
 
     @model_validator(mode="after")
     def _milestones_within_epochs(self) -> "TrainConfig":
         if any(m < 1 or m > self.epochs for m in self.milestones):
             raise ValueError(f"milestones {list(self.milestones)} must lie in [1, epochs={self.epochs}]")
+        return self
+
+    @model_validator(mode="after")
+    def _clip_method(self) -> "TrainConfig":
+        # train.clip.weights may stay null here (a shipped YAML cannot know the path); the driver checks the
+        # file before any worker starts (oesearch.training.clip.check_clip).
+        if self.method in CLIP_METHODS and (self.channels_last or self.compile):
+            raise ValueError(f"train.method {self.method}: train.channels_last and train.compile apply to the "
+                             "LeNet/WideResNet trainer only; set them to false")
         return self
 
 
@@ -314,6 +347,9 @@ class Config(_Section):
     def _packable_method(self) -> "Config":
         if self.train.method in ("dsad", "dsvdd") and isinstance(self.run.pack, int) and self.run.pack > 1:
             raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} (centre-based) trains "
+                             "unpacked only; use run.pack 1 or auto")
+        if self.train.method in CLIP_METHODS and isinstance(self.run.pack, int) and self.run.pack > 1:
+            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} (CLIP) trains "
                              "unpacked only; use run.pack 1 or auto")
         return self
 

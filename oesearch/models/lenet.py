@@ -5,6 +5,16 @@ the first fully connected layer by BatchNorm and leaky ReLU; the last layer
 is linear.  Layers carry no bias and BatchNorm no affine parameters, the
 Deep SVDD convention that HSC and DSVDD inherit: a bias would let the network
 map everything onto a constant and collapse the hypersphere.
+
+Initialisation, done once in ``__init__`` (:meth:`LeNet.initialise`) and never
+reset afterwards, is the one the paper's reference code (``eoe/models/cnn.py``)
+writes: Xavier-normal weights, with the leaky-ReLU gain ``sqrt(2 / (1 + 0.01^2))``
+for every convolution and the first fully connected layer and gain 1 for the last
+linear layer; the BCE/Focal head keeps PyTorch's default, as there.  Leaky ReLU
+has that code's slope, 0.01 (``F.leaky_relu``'s default).  The reference trainer
+then calls ``reset_parameters()`` on every module (``weight_reset``), which
+silently replaces that initialisation with PyTorch's default, the pitfall SPEC
+section 8 names; here nothing does (tests/test_lenet_init.py checks it).
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ from torch import nn
 __all__ = ["LeNetSpec", "LeNet", "LENET_SPECS", "spec_for_size"]
 
 _BN_EPS = 1e-4
-_LEAK = 0.1
+_LEAK = 0.01  # the reference code's F.leaky_relu default
 
 
 @dataclass(frozen=True)
@@ -54,7 +64,7 @@ class LeNet(nn.Module):
     """phi: images (B, C, H, W) -> features (B, spec.features).
 
     With ``head=True`` a linear layer to one logit follows phi (BCE, Focal).
-    PyTorch's default initialisation is used and nothing resets it later.
+    The initialisation is :meth:`initialise`'s (see the module docstring); nothing resets it later.
     """
 
     def __init__(self, spec: LeNetSpec, channels: int, head: bool = False) -> None:
@@ -78,6 +88,17 @@ class LeNet(nn.Module):
             nn.Linear(spec.hidden, spec.features, bias=False),
         )
         self.head = nn.Linear(spec.features, 1) if head else None
+        self.initialise()
+
+    @torch.no_grad()
+    def initialise(self) -> None:
+        """The reference code's initialisation, drawn from the global torch RNG (seeded by the caller)."""
+        hidden_gain = nn.init.calculate_gain("leaky_relu", _LEAK)
+        layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not self.head]
+        for layer in layers[:-1]:  # the convolutions and the first fully connected layer feed a leaky ReLU
+            nn.init.xavier_normal_(layer.weight, gain=hidden_gain)
+        nn.init.xavier_normal_(layers[-1].weight, gain=1.0)  # the last linear layer: phi's output
+        # self.head: PyTorch's default (as the reference's nn.Linear(rep_dim, 1)), set by its constructor.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.fc(self.conv(x))

@@ -26,6 +26,8 @@ from oesearch.search.worker import FitnessWorker, WorkerSpec
 from oesearch.seeding import derive_seed
 from oesearch.training import TrainSettings
 from oesearch.training.augment import Augment, filter_mask
+from oesearch.training.clip import ClipSpec, check_clip
+from oesearch.training.objectives import CLIP_METHODS
 
 __all__ = ["SearchData", "prepare", "worker_spec", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
 
@@ -89,6 +91,12 @@ def check_against_data(config: Config, data: SearchData) -> None:
             filter_mask(f.kind, f.magnitude, height, width)
         except ValueError as err:
             raise ConfigError(f"train.filter: {err}") from None
+    t = config.train
+    if t.method in CLIP_METHODS:  # before any worker starts: open_clip, the architecture, the weights file
+        try:
+            check_clip(t.clip.model, t.clip.weights)
+        except (ValueError, ImportError) as err:
+            raise ConfigError(f"train.method {t.method}: {err}") from None
     needed = s.population * s.oe_size * (s.generations + 1 if s.strategy == "random" else 1)
     if needed > n:
         what = "random search's budget" if s.strategy == "random" else "initial population"
@@ -110,7 +118,8 @@ def worker_spec(config: Config) -> WorkerSpec:
                              weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()),
                              precision=t.precision, channels_last=t.channels_last, compile=t.compile)
     filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
-    return WorkerSpec(t.method, t.hsc_radial, settings, filt, t.focal_gamma, t.focal_alpha)
+    clip = ClipSpec(**t.clip.model_dump()) if t.method in CLIP_METHODS else None
+    return WorkerSpec(t.method, t.hsc_radial, settings, filt, t.focal_gamma, t.focal_alpha, clip)
 
 
 def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any,

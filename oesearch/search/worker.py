@@ -19,7 +19,8 @@ import ray
 from oesearch.data.splits import OneVsRest
 from oesearch.search.fitness import Job
 from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
-from oesearch.training.objectives import packable
+from oesearch.training.clip import ClipSpec, cached_clip
+from oesearch.training.objectives import CLIP_METHODS, packable
 from oesearch.training.packed import auto_pack, train_packed
 
 __all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "worker_identity"]
@@ -35,6 +36,7 @@ class WorkerSpec:
     filter: tuple[str, int] | None = None  # frequency filter on every image, e.g. ("lpf", 14)
     focal_gamma: float = 2.0
     focal_alpha: float = 0.5
+    clip: ClipSpec | None = None  # the CLIP methods' model, weights and BCE-CL schedule (train.clip)
 
 
 def worker_identity() -> dict[str, str]:
@@ -54,8 +56,15 @@ class _FitnessWorker:
         if self.device.type == "cpu":
             # One thread per reserved CPU: oversubscribing cores slows every worker.
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+        if spec.method in CLIP_METHODS and not isinstance(task, OneVsRest):
+            raise ValueError(f"train.method {spec.method} prompts with the one normal class of a one-vs-rest task, "
+                             f"got a {type(task).__name__}")
         self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
-        self.objective = make_objective(spec.method, spec.hsc_radial, spec.focal_gamma, spec.focal_alpha)
+        self.objective = make_objective(spec.method, spec.hsc_radial, spec.focal_gamma, spec.focal_alpha,
+                                        clip=spec.clip, class_name=getattr(task, "class_name", None))
+        if spec.method in CLIP_METHODS:  # load the model now, once per process, not inside a timed training
+            clip = spec.clip or ClipSpec()
+            cached_clip(clip.model, clip.weights, self.device)
         self.settings = spec.settings
         self.identity = worker_identity()
         # Candidates this worker can train at once: its share of free GPU memory, 1 on CPU.

@@ -8,17 +8,22 @@ anomalies) and return an *anomaly* score: higher means more anomalous.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from oesearch.training.clip import ClipSpec
+
 __all__ = [
-    "Objective", "HSC", "BCE", "Focal", "DSAD", "DSVDD", "RADIAL_FUNCTIONS", "METHODS", "make_objective",
+    "Objective", "HSC", "BCE", "Focal", "DSAD", "DSVDD", "RADIAL_FUNCTIONS", "METHODS", "CLIP_METHODS",
+    "make_objective",
     "initial_centre", "packable",
 ]
 
-METHODS = ("hsc", "bce", "focal", "dsad", "dsvdd")
+CLIP_METHODS = ("clip_zero_shot", "bce_cl")  # oesearch.training.clip; open_clip is imported only when used
+METHODS = ("hsc", "bce", "focal", "dsad", "dsvdd", *CLIP_METHODS)
 
 # h(z) for HSC (paper Section 3.2 and Appendix E, Table 6).
 RADIAL_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -45,7 +50,9 @@ class Objective(Protocol):
 
 # Optional hooks, looked up with getattr so HSC and BCE stay plain:
 #   prepare(model, train) -> Objective   called once on the fresh model before training (centre c);
-#   uses_oe: bool = True                 False: the OE half of every batch never reaches the network.
+#   uses_oe: bool = True                 False: the OE half of every batch never reaches the network;
+#   fit_and_score(task, oe_images, settings, seed) -> TrainResult
+#                                        the trainer hands over the whole training (CLIP, training/clip.py).
 
 
 @dataclass(frozen=True)
@@ -162,12 +169,23 @@ class DSVDD(DSAD):
 
 def packable(objective: Objective) -> bool:
     """Whether the packed trainer can train ``objective`` (not the centre-based ones)."""
-    return not hasattr(objective, "prepare") and getattr(objective, "uses_oe", True)
+    return (not hasattr(objective, "prepare") and not hasattr(objective, "fit_and_score")
+            and getattr(objective, "uses_oe", True))
 
 
 def make_objective(method: str, radial: str = "pseudo_huber", focal_gamma: float = 2.0,
-                   focal_alpha: float = 0.5) -> Objective:
-    """The objective called ``method`` (one of :data:`METHODS`)."""
+                   focal_alpha: float = 0.5, clip: "ClipSpec | None" = None, class_name: str | None = None
+                   ) -> Objective:
+    """The objective called ``method`` (one of :data:`METHODS`).
+
+    The CLIP methods also need ``clip`` (model, weights, schedule) and the normal class's name for the prompt.
+    """
+    if method in CLIP_METHODS:
+        from oesearch.training.clip import ClipObjective, ClipSpec, prompt_class_name
+
+        if class_name is None:
+            raise ValueError(f"method {method!r} needs the normal class's name for its prompt (class_name)")
+        return ClipObjective(method, clip if clip is not None else ClipSpec(), prompt_class_name(class_name))
     if method == "hsc":
         if radial not in RADIAL_FUNCTIONS:
             raise ValueError(f"unknown HSC radial function {radial!r}; choose from {sorted(RADIAL_FUNCTIONS)}")

@@ -199,7 +199,10 @@ def train_and_evaluate(
     """
     start = time.perf_counter()
     with matmul_mode(settings.precision, task.device):
-        result = _train(task, oe_images, objective, settings, seed, record_steps)
+        if hasattr(objective, "fit_and_score"):  # CLIP: its own network, inputs and optimiser (training/clip.py)
+            result = objective.fit_and_score(task, oe_images, settings, seed)
+        else:
+            result = _train(task, oe_images, objective, settings, seed, record_steps)
     result.seconds = time.perf_counter() - start
     return result
 
