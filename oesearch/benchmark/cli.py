@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+import yaml
+
 from oesearch.config import ConfigError, apply_overrides, config_from_dict, read_yaml
 from oesearch.data import DataError
 
@@ -51,7 +53,8 @@ def main(argv: list[str] | None = None) -> int:
             config = config_from_dict(raw)
         else:
             raw = read_yaml(args.config) if args.config else {}
-            flags = [f"run.{key}={value}" for key, value in (("out", args.out), ("address", args.address)) if value]
+            flags = [f"run.{key}={yaml.safe_dump(value).strip().removesuffix('...').strip()}"  # a YAML string
+                     for key, value in (("out", args.out), ("address", args.address)) if value]
             config, benchdir = config_from_dict(apply_overrides(raw, list(args.overrides) + flags)), None
         prepared = prepare_benchmark(config)  # bad data or values fail here, before a directory exists
         if benchdir is None:
