@@ -179,3 +179,24 @@ def test_split_errors_name_the_limits(tmp_path: Path, cache_dir: Path, capsys: p
     assert "benchmark.split_oe_classes=9 leaves no anomaly class at test time" in capsys.readouterr().err
     assert main([*base, "--set", "benchmark.oe_sizes=[100000]"]) == 2
     assert "exceeds the split's OE classes" in capsys.readouterr().err
+
+
+def test_cifar10_split_yaml_is_valid() -> None:
+    """The shipped split config validates (its run is the slow test_benchmark_cifar.py)."""
+    from conftest import REPO
+    from oesearch.config import load_config
+
+    config = load_config(REPO / "search_configs" / "cifar10_split.yaml")
+    b = config.benchmark
+    assert b.protocol == "split" and b.methods == ("hsc", "bce", "dsvdd") and len(b.classes) == 1
+    assert config.data.normal.kind == "imagefolder"
+
+
+def test_analysis_skips_benchmark_directories(tmp_path: Path) -> None:
+    """Benchmarks write into the searches' runs/; the analysis' run discovery must not take them for searches."""
+    from oesearch.analysis import find_runs
+
+    for name in ("20261129-030206-benchmark-embedded", "20261129-030207-embedded-hsc-worst-c8-s0"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("name: embedded\n")
+    assert [p.name for p in find_runs([tmp_path])] == ["20261129-030207-embedded-hsc-worst-c8-s0"]
