@@ -4,6 +4,7 @@
     python oesearch/run.py --config search_configs/cifar10_jpeg.yaml --set search.population=32
     python oesearch/run.py --resume runs/20261128-101500-embedded-hsc-worst-c8-s0
     oesearch report runs/20261128-101500-embedded-hsc-worst-c8-s0   # HTML report, also of a running search
+    oesearch benchmark --config search_configs/cifar10_split.yaml      # classes x methods x OE sizes x seeds
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evolutionary search for the single OE images that make an anomaly detector best or worst "
         "(Liznerski et al., Exposing Outlier Exposure, TMLR 2022). Without --config it runs the embedded "
         "default: sklearn digits as normal data, patches of sklearn's sample photos as the OE corpus. "
-        "`oesearch report RUN_DIR...` writes an HTML report of finished or running searches.",
+        "`oesearch report RUN_DIR...` writes an HTML report of finished or running searches; "
+        "`oesearch benchmark [--config FILE]` runs a benchmark table (see `oesearch benchmark --help`).",
     )
     p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
     p.add_argument("--method", choices=["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"],
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         from oesearch.analysis.html_report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["benchmark"]:  # `oesearch benchmark --config FILE`: classes x methods x OE sizes x seeds
+        from oesearch.benchmark.cli import main as benchmark_main
+
+        return benchmark_main(argv[1:])
     args = build_parser().parse_args(argv)
     from oesearch.results import RunDir
     from oesearch.results.storage import run_parent

@@ -24,6 +24,7 @@ __all__ = [
     "SearchConfig",
     "IndexConfig",
     "RunConfig",
+    "BenchmarkConfig",
     "load_config",
     "apply_overrides",
     "config_from_dict",
@@ -336,12 +337,91 @@ class RunConfig(_Section):
         return value
 
 
+# --- benchmarks (``oesearch benchmark``) ----------------------------------------------
+
+# The objectives a benchmark can compare: exactly ``train.method``'s choices, so new methods flow through.
+BenchmarkMethod = TrainConfig.model_fields["method"].annotation
+_TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k != "method")
+
+
+class BenchmarkConfig(_Section):
+    """Classes x methods x OE sizes x seeds, one training and test AUC per cell (``oesearch benchmark``).
+
+    The defaults run every digit class of the embedded default against the five
+    objectives with the full patch corpus as OE, 3 seeds each (150 trainings of
+    about 0.1 s each on a CPU core).
+    """
+
+    protocol: Literal["one_vs_rest", "leave_one_class_out", "split"] = Field(
+        "one_vs_rest", description="one_vs_rest: the class is normal; leave_one_class_out: the class is the only "
+        "anomaly; split: the OE is the training images of split_oe_classes other classes of the normal dataset, "
+        "which never appear at test time (data.corpus is ignored)")
+    classes: Literal["all"] | tuple[int, ...] = Field(
+        "all", description="the normal classes (leave_one_class_out: the anomalous classes), or all")
+    methods: tuple[BenchmarkMethod, ...] = Field(  # type: ignore[valid-type]
+        ("hsc", "bce", "focal", "dsad", "dsvdd"), min_length=1, description="train.method of each column")
+    seeds: int = Field(3, ge=1, description="repetitions per (class, method, OE size)")
+    oe_sizes: Literal["sweep"] | tuple[int | Literal["all"], ...] = Field(
+        ("all",), description="OE sizes: ints and/or all (the whole corpus); sweep: 1, 2, 4, ... and all")
+    oe_draw: Literal["images", "classes"] = Field(
+        "images", description="images: k random corpus images per repetition; classes: every image of k random "
+        "corpus classes per repetition")
+    split_oe_classes: int = Field(4, ge=1, description="split protocol: how many classes serve as OE")
+    overrides: dict[BenchmarkMethod, dict[str, Any]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="per-method train settings, e.g. {dsvdd: {epochs: 50}}")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: str | tuple[int, ...]) -> str | tuple[int, ...]:
+        if value != "all":
+            if not value:
+                raise ValueError("classes must be 'all' or a non-empty list of class indices")
+            if any(c < 0 for c in value) or len(set(value)) != len(value):
+                raise ValueError("classes must be distinct non-negative class indices")
+        return value
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("methods must not repeat")
+        return value
+
+    @field_validator("oe_sizes", mode="before")
+    @classmethod
+    def _one_size(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, int) or value == "all" else value
+
+    @field_validator("oe_sizes")
+    @classmethod
+    def _oe_sizes(cls, value: str | tuple) -> str | tuple:
+        if value != "sweep":
+            if not value:
+                raise ValueError("oe_sizes must be 'sweep' or a non-empty list of sizes and/or 'all'")
+            if any(isinstance(k, int) and k < 1 for k in value) or len(set(value)) != len(value):
+                raise ValueError("oe_sizes must be distinct positive integers and/or 'all'")
+        return value
+
+    @field_validator("overrides")
+    @classmethod
+    def _override_keys(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        for method, override in value.items():
+            if not isinstance(override, dict):
+                raise ValueError(f"overrides.{method} must be a mapping of train keys, got {override!r}")
+            unknown = sorted(set(override) - set(_TRAIN_KEYS))
+            if unknown:
+                raise ValueError(f"overrides.{method}: unknown train key(s) {unknown}; valid keys: "
+                                 f"{', '.join(_TRAIN_KEYS)}")
+        return value
+
+
 class Config(_Section):
     name: str = "embedded"
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     search: SearchConfig = SearchConfig()
     run: RunConfig = RunConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
 
     @model_validator(mode="after")
     def _packable_method(self) -> "Config":

@@ -13,6 +13,7 @@ import functools
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -177,7 +178,13 @@ def find_runs(spec: str | Sequence[str | Path] | None = None, root: str | Path |
 
 
 def _runs_under(folder: Path) -> list[Path]:
-    return sorted(p.parent for p in Path(folder).expanduser().glob("*/config.yaml"))
+    """Search run directories in ``folder``; benchmark directories (``<date>-<time>-benchmark-<name>``,
+    written by ``oesearch benchmark`` into the same ``runs/``) are not searches and are skipped."""
+    return sorted(p.parent for p in Path(folder).expanduser().glob("*/config.yaml")
+                  if not _BENCHMARK_DIR.match(p.parent.name))
+
+
+_BENCHMARK_DIR = re.compile(r"^\d{8}-\d{6}-benchmark-")
 
 
 def journal_generation_stats(run: Run) -> pd.DataFrame:

@@ -101,6 +101,8 @@ def read_journal(path: Path) -> list[dict[str, Any]]:
 class RunDir:
     """Paths and durable writes of one run directory."""
 
+    journal_name = JOURNAL  # the append-only journal's file name (a benchmark's is results.jsonl)
+
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._journal = None
@@ -132,20 +134,20 @@ class RunDir:
 
     # journal --------------------------------------------------------------------
     def journal_rows(self) -> list[dict[str, Any]]:
-        return read_journal(self.file(JOURNAL))
+        return read_journal(self.file(self.journal_name))
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one row durably (write, flush, fsync)."""
         if self._journal is None:
             self._truncate_torn_tail()
-            self._journal = open(self.file(JOURNAL), "ab")
+            self._journal = open(self.file(self.journal_name), "ab")
         self._journal.write((to_json(row) + "\n").encode())
         self._journal.flush()
         os.fsync(self._journal.fileno())
 
     def _truncate_torn_tail(self) -> None:
         """Cut a partial last line left by a kill, so new rows start on a fresh line."""
-        path = self.file(JOURNAL)
+        path = self.file(self.journal_name)
         if not path.exists():
             return
         data = path.read_bytes()

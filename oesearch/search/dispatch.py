@@ -13,7 +13,9 @@ double-counting an evaluation:
 Every job is retried at most ``max_retries`` times; one that still fails is
 handed back as a failed row with its last reason.  Each job reaches ``on_row``
 exactly once.  Any actor class with ``ready()`` and ``evaluate(job, *payload)``
-can be dispatched (the benchmarks use a sleeping one).
+can be dispatched (the benchmarks use a sleeping one), and any job that has a
+``name`` and a ``row(**fields)`` (:class:`DispatchJob`): the search's fitness
+:class:`~oesearch.search.fitness.Job`, or a benchmark cell.
 
 With ``pack`` K > 1 (or ``None``: the K each worker reports in ``ready()``),
 up to K pending jobs go to a worker as one ``evaluate_batch(jobs, payloads)``
@@ -29,14 +31,12 @@ import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Optional, Protocol
 
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-from oesearch.search.fitness import Job
-
-__all__ = ["Dispatcher", "connect", "plan_workers"]
+__all__ = ["DispatchJob", "Dispatcher", "connect", "plan_workers"]
 
 log = logging.getLogger(__name__)
 
@@ -85,16 +85,28 @@ def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: floa
         time.sleep(2.0)
 
 
+class DispatchJob(Protocol):
+    """What the dispatcher needs of a job: a label for the dashboard and the logs, and its row."""
+
+    @property
+    def name(self) -> str: ...
+
+    def row(self, **result: Any) -> dict[str, Any]:
+        """The job's identity plus ``result`` (the row of a job that failed without an answer)."""
+        ...
+
+
+
 @dataclass(eq=False)
 class _Flight:
-    job: Job  # for a packed call: its first job (names it in logs)
+    job: DispatchJob  # for a packed call: its first job (names it in logs)
     attempt: int  # 0 for the first try
     ref: ray.ObjectRef
     slot: int
-    batch: Optional[list[tuple[Job, int]]] = None  # a packed call's (job, attempt) pairs; None: one job
+    batch: Optional[list[tuple[DispatchJob, int]]] = None  # a packed call's (job, attempt) pairs; None: one job
 
     @property
-    def items(self) -> list[tuple[Job, int]]:
+    def items(self) -> list[tuple[DispatchJob, int]]:
         return self.batch if self.batch is not None else [(self.job, self.attempt)]
 
 
@@ -120,7 +132,7 @@ class Dispatcher:
         self,
         actor_class: Any,
         actor_args: tuple,
-        payload: Callable[[Job], tuple],
+        payload: Callable[[DispatchJob], tuple],
         count: int,
         options: dict[str, Any],
         max_retries: int = 2,
@@ -188,9 +200,9 @@ class Dispatcher:
         return sum(s.usable for s in self.slots)
 
     # --- the loop ----------------------------------------------------------------------------
-    def run(self, jobs: Iterable[Job], on_row: Callable[[dict[str, Any]], None]) -> None:
+    def run(self, jobs: Iterable[DispatchJob], on_row: Callable[[dict[str, Any]], None]) -> None:
         """Evaluate ``jobs``, calling ``on_row`` once per job as soon as its final row exists."""
-        pending: deque[tuple[Job, int]] = deque((job, 0) for job in jobs)
+        pending: deque[tuple[DispatchJob, int]] = deque((job, 0) for job in jobs)
         flights: dict[ray.ObjectRef, _Flight] = {}
         last_progress = time.monotonic()
 
@@ -228,7 +240,7 @@ class Dispatcher:
                     return
                 submit()
 
-        def retry_or_fail(job: Job, attempt: int, reason: str, row: dict[str, Any] | None = None) -> None:
+        def retry_or_fail(job: DispatchJob, attempt: int, reason: str, row: dict[str, Any] | None = None) -> None:
             if attempt < self.max_retries:
                 self.retries += 1
                 pending.appendleft((job, attempt + 1))
