@@ -221,3 +221,30 @@ def test_config_and_objectives_agree_on_the_clip_methods() -> None:
 
     assert config.CLIP_METHODS == objectives.CLIP_METHODS
     assert set(objectives.METHODS) == set(config.TrainConfig.model_fields["method"].annotation.__args__)
+
+
+def test_benchmark_cells_run_the_clip_methods(weights, task, oe) -> None:
+    """A benchmark's worker gives the same zero-shot AUC as the detector itself, and refuses CLIP under LOCO."""
+    from oesearch.benchmark.plan import BenchData, plan_benchmark
+    from oesearch.benchmark.worker import BenchmarkWorkerBase
+    from oesearch.data import ImageStore
+
+    labels = np.array([8] * len(task.train) + [0] * 4)
+    train = ImageStore(np.concatenate([task.train, task.test[:4]]), labels, tuple(str(c) for c in range(10)))
+    test = ImageStore(task.test, np.where(task.test_anomalous, 0, 8), train.class_names)
+    data = BenchData(train, test, ImageStore(oe, np.zeros(len(oe), dtype=np.int64), ("patch",)))
+    raw = {"train": {"clip": {"model": NAME, "weights": str(weights), **SCHEDULE, "milestones": [1]}},
+           "benchmark": {"classes": [8], "methods": ["clip_zero_shot"], "seeds": 1, "oe_sizes": [1]}}
+    plan = plan_benchmark(config_from_dict(raw), data, worker_spec)
+    row = BenchmarkWorkerBase(data, plan.setup).evaluate(plan.cells[0])
+    model, tokenizer = load_clip(NAME, weights)
+    assert row["status"] == "ok"
+    assert row["auc"] == pytest.approx(_direct_auc(ClipDetector(model, tokenizer, "8"), model, task), abs=1e-12)
+
+    raw["benchmark"]["protocol"] = "leave_one_class_out"
+    with pytest.raises(ConfigError, match="leave_one_class_out"):
+        plan_benchmark(config_from_dict(raw), data, worker_spec)
+    raw["benchmark"]["protocol"] = "one_vs_rest"
+    raw["train"]["clip"]["weights"] = str(weights.parent / "missing.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        plan_benchmark(config_from_dict(raw), data, worker_spec)

@@ -37,6 +37,7 @@ from oesearch.data.splits import (ClassSplit, leave_one_class_out, oe_classes, o
 from oesearch.search.worker import WorkerSpec
 from oesearch.seeding import derive_seed
 from oesearch.training.augment import filter_mask
+from oesearch.training.clip import CLIP_METHODS, check_clip
 
 __all__ = ["Cell", "BenchData", "BenchSetup", "BenchPlan", "load_bench_data", "method_train", "plan_benchmark",
            "class_data", "oe_index", "cell_seed"]
@@ -107,6 +108,7 @@ class BenchSetup:
     split_oe_classes: int
     run_seed: int
     specs: dict[str, WorkerSpec] = field(default_factory=dict)
+    prompt_name: str | None = None  # CLIP prompts' class name where the class names do not say it (MVTec: the category)
 
 
 @dataclass(frozen=True)
@@ -194,7 +196,13 @@ def plan_benchmark(config: Config, data: BenchData, worker_spec: Callable[[Confi
             except ValueError as err:
                 raise ConfigError(f"train.filter ({method}): {err}") from None
         specs[method] = worker_spec(config.model_copy(update={"train": train}))
-    setup = BenchSetup(b.protocol, b.oe_draw, b.split_oe_classes, config.run.seed, specs)
+        if method in CLIP_METHODS:
+            if b.protocol == "leave_one_class_out":
+                raise ConfigError(f"benchmark.methods: {method} prompts with one normal class; leave_one_class_out "
+                                  "has several normal classes, which is not supported")
+            check_clip(train.clip.model, train.clip.weights)  # before any worker starts
+    prompt_name = config.data.normal.category if config.data.normal.kind == "mvtec" else None
+    setup = BenchSetup(b.protocol, b.oe_draw, b.split_oe_classes, config.run.seed, specs, prompt_name)
 
     pools = {cls: _pool_labels(config, data, cls) for cls in classes}
     unit = "classes" if b.oe_draw == "classes" else "images"

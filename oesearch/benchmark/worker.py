@@ -70,7 +70,8 @@ class BenchmarkWorkerBase:
         spec = self.setup.specs[cell.method]
         task, pool = self.prepared(cell)
         oe = self.oe_images(cell, pool)
-        objective = make_objective(spec.method, spec.hsc_radial, spec.focal_gamma, spec.focal_alpha)
+        objective = make_objective(spec.method, spec.hsc_radial, spec.focal_gamma, spec.focal_alpha, clip=spec.clip,
+                                   class_name=self.setup.prompt_name or cell.class_name)
         try:
             result = train_and_evaluate(task, oe, objective, spec.settings, cell.seed)
             outcome = {"auc": result.auc, "status": "ok", "reason": None}
