@@ -23,10 +23,11 @@ loads in flight, where a per-row loop waits on each) and computes their bounds:
    search computes) of the ``k`` best-bounded items give ``t``, an upper bound
    on the true k-th distance;
 4. every cut is checked: an item dropped at a level has a bound at least the
-   last kept one; if that could be ``<= t`` the level's width grows and the
-   search reruns. Otherwise every item with a true distance ``<= t`` is among
-   the finest survivors with a finest bound ``<= t``, and their exact
-   distances give exactly the unpruned result.
+   last kept one; if that could be ``<= t``, the level keeps twice as many and
+   the search goes on (bounds and distances already computed are kept, so
+   only the new survivors cost anything). Otherwise every item with a true
+   distance ``<= t`` is among the finest survivors with a finest bound
+   ``<= t``, and their exact distances give exactly the unpruned result.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ _CHUNK = 20_000  # rows projected at a time
 # bound and to the data's scale, so it never exceeds a true distance.
 _REL_MARGIN = 1e-4
 _SCALE_MARGIN = 1e-5
-# Survivors per level, as (multiple of k, minimum), finest level last: sized so
-# that on natural images a rerun is rare (measured on 300K CIFAR-like images).
-_WIDTHS = ((60, 1024), (30, 512), (8, 256))
+# Survivors per level, as (multiple of k, minimum), finest level last: about what
+# the average draw on natural images needs (measured on 300K CIFAR-like images);
+# a draw that needs more widens the level, computing only the new survivors' bounds.
+_WIDTHS = ((24, 1024), (12, 512), (5, 256))
 
 
 def auto_bound_dims(size: int, dim: int) -> int:
@@ -132,42 +134,54 @@ class ProjectedBound:
         ``query_id``: the corpus item ``centre`` is, when it is one (mutation); its stored codes are used.
         Ties in distance are ordered as ``candidates`` are.
         """
-        k = min(k, candidates.size)
+        n, k = candidates.size, min(k, candidates.size)
         codes = ([level[query_id] for level in self.codes] if query_id is not None
                  else self._encode_query(centre[0]))
         slack = _SCALE_MARGIN * max(self.scale, float(np.square(centre - self.mean).sum()))
         widths = [max(multiple * k, minimum) for multiple, minimum in _WIDTHS[-len(self.levels):]]
+        # Bounds and exact distances by position in `candidates`, computed once each (NaN: not yet),
+        # so widening a level after a loose cut only computes what the new survivors need.
+        bounds = [np.full(n, np.nan, dtype=np.float32) for _ in self.levels]
+        distances = np.full(n, np.nan, dtype=np.float32)
+        last = len(self.levels) - 1
         while True:
-            ids, kept = candidates, np.arange(candidates.size)  # survivors, and their positions in candidates
+            kept = np.arange(n)  # the survivors' positions, in candidate order
             dropped_from = []  # per level: a lower bound on every item it dropped (inf: none dropped)
             for i, (level, code, width) in enumerate(zip(self.codes, codes, widths)):
-                if width >= ids.size and i < len(widths) - 1:
+                if width >= kept.size and i < last:
                     dropped_from.append(np.inf)  # nothing to cut here: only the finest bounds are needed
                     continue
-                bounds = self._bounds(level, code, ids, slack)
-                if width < ids.size:
-                    cut = np.partition(bounds, width)[width]
-                    keep = np.flatnonzero(bounds <= cut)  # at least width + 1; every dropped one is above `cut`
-                    ids, kept, bounds = ids[keep], kept[keep], bounds[keep]
+                missing = kept[np.isnan(bounds[i][kept])]
+                if missing.size:
+                    bounds[i][missing] = self._bounds(level, code, candidates[missing], slack)
+                level_bounds = bounds[i][kept]
+                if width < kept.size:
+                    cut = np.partition(level_bounds, width)[width]
+                    kept = kept[level_bounds <= cut]  # at least width + 1; every dropped one is above `cut`
                     dropped_from.append(cut)
                 else:
                     dropped_from.append(np.inf)
-            probe = np.argpartition(bounds, k - 1)[:k] if k < ids.size else np.arange(ids.size)
-            probe_distances = _distances(exact, centre, ids[probe])
-            kth = probe_distances.max()  # >= the true k-th distance
+            finest = bounds[last][kept]
+            probe = kept[np.argpartition(finest, k - 1)[:k]] if k < kept.size else kept
+            self._fill(distances, exact, centre, candidates, probe)
+            kth = distances[probe].max()  # >= the true k-th distance
             loose = [i for i, cut in enumerate(dropped_from) if cut <= kth]
-            if loose:  # a bound was too loose there: keep more at that level and search again
-                for i in loose:
-                    widths[i] *= 4
-                continue
-            # Every item within kth of the centre survived every level with a finest bound <= kth.
-            within = bounds <= kth
-            within[probe] = False
-            rest = np.flatnonzero(within)
-            chosen = np.concatenate([probe, rest])
-            distances = np.concatenate([probe_distances, _distances(exact, centre, ids[rest])])
-            order = np.lexsort((kept[chosen], distances))[:k]
-            return ids[chosen[order]]
+            if not loose:
+                # Every item within kth of the centre survived every level with a finest bound <= kth.
+                needed = kept[finest <= kth]
+                self._fill(distances, exact, centre, candidates, needed)
+                order = np.lexsort((needed, distances[needed]))[:k]
+                return candidates[needed[order]]
+            for i in loose:  # a bound was too loose there: keep more at that level
+                widths[i] *= 2
+
+    @staticmethod
+    def _fill(distances: np.ndarray, exact: faiss.IndexFlat, centre: np.ndarray, candidates: np.ndarray,
+              positions: np.ndarray) -> None:
+        """Exact distances of the candidates at ``positions`` that do not have one yet."""
+        missing = positions[np.isnan(distances[positions])]
+        if missing.size:
+            distances[missing] = _distances(exact, centre, candidates[missing])
 
     def _bounds(self, level: np.ndarray, code: np.ndarray, ids: np.ndarray, slack: float) -> np.ndarray:
         """Lower bounds of the true squared distances of ``ids``, from their codes at one level."""
