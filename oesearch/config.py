@@ -224,7 +224,7 @@ class TrainConfig(_Section):
     focal_alpha: float = Field(0.5, gt=0, lt=1, description="Focal loss weight of the outlier class; 0.5 on "
                                "balanced batches (paper Appendix F)")
     # Embedded defaults: a short, fast schedule.  At the paper's 30 epochs and lr 1e-3,
-    # HSC on 8x8 digits converges to AUC ~0.91-0.94 whatever the OE image (see README).
+    # HSC on 8x8 digits reaches AUC 0.89-0.93 whatever the OE image (see README).
     epochs: int = Field(10, ge=1)
     lr: float = Field(1e-2, gt=0)
     milestones: tuple[int, ...] = (8,)
