@@ -10,6 +10,7 @@ import torch
 
 from oesearch.models import build_model
 from oesearch.models.lenet import LeNet, spec_for_size
+from oesearch.training.augment import Augment
 from oesearch.training import (
     NonFiniteLossError,
     PreparedTask,
@@ -242,3 +243,20 @@ def test_huge_learning_rate_diverges_and_raises(task: PreparedTask) -> None:
 def test_several_oe_images_are_accepted(task: PreparedTask) -> None:
     result = train_and_evaluate(task, _anomalous(3), make_objective("hsc"), SETTINGS, seed=0)
     assert len(result.epoch_losses) == 3 and 0.0 <= result.auc <= 1.0
+
+
+@pytest.mark.parametrize("method", ["hsc", "bce"])
+def test_a_large_oe_set_prepared_per_batch_trains_bit_identically(method: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A corpus-sized OE stays uint8 on the device and is filtered and normalised per batch: the same training."""
+    import oesearch.training.trainer as trainer
+
+    filtered = PreparedTask.from_arrays(TRAIN, TEST, TEST_ANOMALOUS, filter=("hpf", 2))
+    settings = TrainSettings(epochs=2, batch_size=16, milestones=(1,), augment=Augment(crop=1, flip=True, noise=0.05))
+    oe = _anomalous(40)
+    runs = {}
+    for limit in (10**12, 0):  # everything up front, then everything per batch
+        monkeypatch.setattr(trainer, "OE_UPFRONT_BYTES", limit)
+        runs[limit] = train_and_evaluate(filtered, oe, make_objective(method), settings, seed=3, record_steps=8)
+    upfront, per_batch = runs[10**12], runs[0]
+    assert per_batch.step_losses == upfront.step_losses and per_batch.epoch_losses == upfront.epoch_losses
+    assert per_batch.auc == upfront.auc
