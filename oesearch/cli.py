@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from oesearch.config import ConfigError, apply_overrides, config_from_dict, config_to_dict, read_yaml
+from oesearch.config import METHODS, ConfigError, apply_overrides, config_from_dict, config_to_dict, read_yaml
 from oesearch.data import DataError
 
 __all__ = ["build_parser", "resolve_config", "main"]
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`oesearch benchmark [--config FILE]` runs a benchmark table (see `oesearch benchmark --help`).",
     )
     p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
-    p.add_argument("--method", choices=["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"],
+    p.add_argument("--method", choices=list(METHODS),
                    help="objective (train.method); the CLIP methods need train.clip.weights")
     p.add_argument("--mode", choices=["best", "worst"], help="search for the best or the worst OE samples (search.mode)")
     p.add_argument("--strategy", choices=["evolution", "random"], help="evolution, or the random-search baseline")

@@ -8,7 +8,7 @@ that list the valid ones; bad values say what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -215,10 +215,12 @@ class ClipConfig(_Section):
 
 
 CLIP_METHODS = ("clip_zero_shot", "bce_cl")
+Method = Literal["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"]
+METHODS: tuple[str, ...] = get_args(Method)
 
 
 class TrainConfig(_Section):
-    method: Literal["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"] = "hsc"
+    method: Method = "hsc"
     hsc_radial: Literal["pseudo_huber", "l1", "l2", "l2_squared"] = "pseudo_huber"
     focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (paper Section 4); 0 is BCE scaled by alpha")
     focal_alpha: float = Field(0.5, gt=0, lt=1, description="Focal loss weight of the outlier class; 0.5 on "
@@ -340,7 +342,7 @@ class RunConfig(_Section):
 # --- benchmarks (``oesearch benchmark``) ----------------------------------------------
 
 # The objectives a benchmark can compare: exactly ``train.method``'s choices, so new methods flow through.
-BenchmarkMethod = TrainConfig.model_fields["method"].annotation
+BenchmarkMethod = Method
 _TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k != "method")
 
 
