@@ -66,21 +66,26 @@ class ProjectedBound:
 
     def __init__(self, mean: np.ndarray, basis: np.ndarray, codes: list[np.ndarray], scale: float) -> None:
         self.mean = np.ascontiguousarray(mean, dtype=np.float32)
-        self.basis = np.ascontiguousarray(basis, dtype=np.float32)
+        # Stored as (dims, D) rows: the per-query projection reads them contiguously; `basis` is its view.
+        self._basis_rows = np.ascontiguousarray(np.asarray(basis, dtype=np.float32).T)
         self.scale = float(scale)  # the largest ||x - mu||^2: sets the absolute error margin
-        self._basis_rows = np.ascontiguousarray(self.basis.T)
         self.codes = [np.ascontiguousarray(level, dtype=np.float32) for level in codes]
         self.levels = tuple(level.shape[1] - 1 for level in self.codes)
         if self.levels != level_dims(self.dims):
             raise ValueError(f"bound levels {self.levels} do not match {self.dims} components")
 
     @property
+    def basis(self) -> np.ndarray:
+        """The (D, dims) orthonormal basis, largest variance first."""
+        return self._basis_rows.T
+
+    @property
     def dims(self) -> int:
-        return self.basis.shape[1]
+        return self._basis_rows.shape[0]
 
     @property
     def memory_bytes(self) -> int:
-        return sum(level.nbytes for level in self.codes) + 2 * self.basis.nbytes + self.mean.nbytes
+        return sum(level.nbytes for level in self.codes) + self._basis_rows.nbytes + self.mean.nbytes
 
     @classmethod
     def fit(cls, vectors: np.ndarray, dims: int, seed: int = 0) -> "ProjectedBound":
@@ -109,12 +114,7 @@ class ProjectedBound:
         centred = np.asarray(rows, dtype=np.float32) - mean
         projected = centred @ basis
         norms = np.einsum("ij,ij->i", centred, centred, dtype=np.float64)
-        kept = np.cumsum(np.square(projected, dtype=np.float64), axis=1)
-        codes = []
-        for r in level_dims(basis.shape[1]):
-            residual = np.sqrt(np.maximum(norms - kept[:, r - 1], 0.0)).astype(np.float32)
-            codes.append(np.concatenate([projected[:, :r], residual[:, None]], axis=1))
-        return codes, norms
+        return _level_codes(projected, norms), norms
 
     def _encode_query(self, query: np.ndarray) -> list[np.ndarray]:
         """One vector's codes. FAISS's single-threaded SIMD dot products: BLAS would spread this one small
@@ -123,9 +123,8 @@ class ProjectedBound:
         projected = np.empty(self.dims, dtype=np.float32)
         faiss.fvec_inner_products_ny(faiss.swig_ptr(projected), faiss.swig_ptr(centred),
                                      faiss.swig_ptr(self._basis_rows), centred.size, self.dims)
-        kept = np.cumsum(np.square(projected, dtype=np.float64))
-        norm = float(np.dot(centred.astype(np.float64), centred))
-        return [np.append(projected[:r], np.float32(np.sqrt(max(norm - kept[r - 1], 0.0)))) for r in self.levels]
+        norm = np.dot(centred.astype(np.float64), centred)
+        return [code[0] for code in _level_codes(projected[None], norm[None])]
 
     def nearest(self, exact: faiss.IndexFlat, centre: np.ndarray, candidates: np.ndarray, k: int,
                 query_id: int | None = None) -> np.ndarray:
@@ -204,6 +203,16 @@ class ProjectedBound:
         dims = arrays["basis"].shape[1]
         codes = [arrays[f"codes_{r}"] for r in level_dims(dims)]
         return cls(arrays["mean"], arrays["basis"], codes, float(arrays["scale"]))
+
+
+def _level_codes(projected: np.ndarray, norms: np.ndarray) -> list[np.ndarray]:
+    """Each level's codes from projections (n, dims) and ||x - mu||^2 (n,): the first r values and the residual."""
+    kept = np.cumsum(np.square(projected, dtype=np.float64), axis=1)
+    codes = []
+    for r in level_dims(projected.shape[1]):
+        residual = np.sqrt(np.maximum(norms - kept[:, r - 1], 0.0)).astype(np.float32)
+        codes.append(np.concatenate([projected[:, :r], residual[:, None]], axis=1))
+    return codes
 
 
 def _distances(exact: faiss.IndexFlat, centre: np.ndarray, ids: np.ndarray) -> np.ndarray:
