@@ -137,3 +137,35 @@ def test_augmented_training_is_seeded_and_packs() -> None:
     assert a.step_losses != plain.step_losses  # augmentation changes the batches
     packed = train_packed(task64, [oe, oe], objective, settings, [5, 6], record_steps=12)
     np.testing.assert_allclose(packed.step_losses[0], a.step_losses, rtol=1e-6)
+
+
+def test_filter_properties_of_appendix_c() -> None:
+    """m = 0 is the identity; HPF output has zero mean; LPF keeps a constant image; the FFT shows what was cut.
+
+    Appendix C keeps the real part of the inverse FFT, so the output spectrum is the masked one made
+    Hermitian: zero where a frequency and its mirror (-f) are both cut, unchanged where neither is, and
+    half where only one of the pair is (on even sizes the masks are not point-symmetric).
+    """
+    x = X.double()
+    torch.testing.assert_close(frequency_filter(x, "lpf", 0), x, rtol=0, atol=1e-12)
+    torch.testing.assert_close(frequency_filter(x, "hpf", 0), x, rtol=0, atol=1e-12)
+    for m in (1, 2, 6, 14):
+        assert frequency_filter(x, "hpf", m).mean(dim=(-2, -1)).abs().max() < 1e-12
+    constant = torch.full((2, 3, 32, 32), 0.37, dtype=torch.float64)
+    for m in (1, 5, 15):
+        torch.testing.assert_close(frequency_filter(constant, "lpf", m), constant, rtol=0, atol=1e-12)
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")  # shifted: frequency 0 at (16, 16)
+    for kind, m in (("lpf", 5), ("lpf", 14), ("hpf", 5), ("hpf", 6)):
+        before = np.fft.fftshift(np.fft.fft2(x.numpy()), axes=(-2, -1))
+        after = np.fft.fftshift(np.fft.fft2(frequency_filter(x, kind, m).numpy()), axes=(-2, -1))
+        if kind == "lpf":  # the first and last m rows and columns of the shifted spectrum
+            cut = (rows < m) | (rows >= 32 - m) | (cols < m) | (cols >= 32 - m)
+        else:  # the centred m x m block around frequency 0
+            lo = 16 - m // 2
+            cut = (rows >= lo) & (rows < lo + m) & (cols >= lo) & (cols < lo + m)
+        mirror = cut[(32 - rows) % 32, (32 - cols) % 32]
+        both, neither = cut & mirror, ~cut & ~mirror
+        assert both.any() and neither.any()
+        assert np.abs(after[..., both]).max() < 1e-9, f"{kind} {m}: a cut frequency survived"
+        np.testing.assert_allclose(after[..., neither], before[..., neither], atol=1e-9)
+        np.testing.assert_allclose(after[..., cut ^ mirror], before[..., cut ^ mirror] / 2, atol=1e-9)
