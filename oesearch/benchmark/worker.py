@@ -19,8 +19,8 @@ import numpy as np
 import ray
 
 from oesearch.benchmark.plan import BenchData, BenchSetup, Cell, class_data, oe_index
-from oesearch.search.worker import worker_identity
-from oesearch.training import NonFiniteLossError, PreparedTask, make_objective, train_and_evaluate
+from oesearch.search.worker import assigned_device, worker_identity
+from oesearch.training import NonFiniteLossError, PreparedTask, train_and_evaluate
 
 __all__ = ["BenchmarkWorkerBase", "BenchmarkWorker"]
 
@@ -33,8 +33,7 @@ class BenchmarkWorkerBase:
     def __init__(self, data: BenchData, setup: BenchSetup) -> None:
         import torch
 
-        assigned = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
-        self.device = torch.device("cuda" if assigned.get("GPU") and torch.cuda.is_available() else "cpu")
+        self.device, assigned = assigned_device()
         if self.device.type == "cpu" and ray.is_initialized():
             # One thread per reserved CPU: oversubscribing cores slows every worker.
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
@@ -70,8 +69,7 @@ class BenchmarkWorkerBase:
         spec = self.setup.specs[cell.method]
         task, pool = self.prepared(cell)
         oe = self.oe_images(cell, pool)
-        objective = make_objective(spec.method, spec.hsc_radial, spec.focal_gamma, spec.focal_alpha, clip=spec.clip,
-                                   class_name=self.setup.prompt_name or cell.class_name)
+        objective = spec.objective(self.setup.prompt_name or cell.class_name)
         try:
             result = train_and_evaluate(task, oe, objective, spec.settings, cell.seed)
             outcome = {"auc": result.auc, "status": "ok", "reason": None}

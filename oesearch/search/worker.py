@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import ray
+import torch
 
 from oesearch.data.splits import OneVsRest
 from oesearch.search.fitness import Job
@@ -23,7 +24,7 @@ from oesearch.training.clip import ClipSpec, cached_clip
 from oesearch.training.objectives import CLIP_METHODS, packable
 from oesearch.training.packed import auto_pack, train_packed
 
-__all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "worker_identity"]
+__all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "assigned_device", "worker_identity"]
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,17 @@ class WorkerSpec:
     focal_alpha: float = 0.5
     clip: ClipSpec | None = None  # the CLIP methods' model, weights and BCE-CL schedule (train.clip)
 
+    def objective(self, class_name: str | None = None):
+        """The objective to train with; ``class_name`` is what the CLIP methods prompt with."""
+        return make_objective(self.method, self.hsc_radial, self.focal_gamma, self.focal_alpha, clip=self.clip,
+                              class_name=class_name)
+
+
+def assigned_device() -> tuple[torch.device, dict[str, float]]:
+    """The device this worker process trains on (a GPU if Ray gave it one) and Ray's resources for it."""
+    assigned = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
+    return torch.device("cuda" if assigned.get("GPU") and torch.cuda.is_available() else "cpu"), assigned
+
 
 def worker_identity() -> dict[str, str]:
     """Where this process runs: host:pid and the Ray node (for the journal and the tests)."""
@@ -49,10 +61,7 @@ class _FitnessWorker:
     """Trains candidates for one task on one device; the task is loaded once."""
 
     def __init__(self, task: OneVsRest, spec: WorkerSpec) -> None:
-        import torch
-
-        assigned = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
-        self.device = torch.device("cuda" if assigned.get("GPU") and torch.cuda.is_available() else "cpu")
+        self.device, assigned = assigned_device()
         if self.device.type == "cpu":
             # One thread per reserved CPU: oversubscribing cores slows every worker.
             torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
@@ -60,8 +69,7 @@ class _FitnessWorker:
             raise ValueError(f"train.method {spec.method} prompts with the one normal class of a one-vs-rest task, "
                              f"got a {type(task).__name__}")
         self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
-        self.objective = make_objective(spec.method, spec.hsc_radial, spec.focal_gamma, spec.focal_alpha,
-                                        clip=spec.clip, class_name=getattr(task, "class_name", None))
+        self.objective = spec.objective(getattr(task, "class_name", None))
         if spec.method in CLIP_METHODS:  # load the model now, once per process, not inside a timed training
             clip = spec.clip or ClipSpec()
             cached_clip(clip.model, clip.weights, self.device)
