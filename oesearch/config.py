@@ -18,6 +18,7 @@ __all__ = [
     "Config",
     "DataConfig",
     "TrainConfig",
+    "ModelConfig",
     "ClipConfig",
     "AugmentConfig",
     "FilterConfig",
@@ -257,6 +258,22 @@ class TrainConfig(_Section):
         return self
 
 
+class ModelConfig(_Section):
+    """The network phi's setup (oesearch/models/setup.py); the defaults are what the paper's reference code trains."""
+
+    bias: bool | Literal["auto"] = Field(
+        "auto", description="a bias on every convolution and linear layer of phi (the WideResNet: its feature "
+        "layer); auto: true (the reference scripts' bias=True), false for dsad and dsvdd, whose hypersphere "
+        "would collapse")
+    batchnorm_affine: bool | Literal["auto"] = Field(
+        "auto", description="BatchNorm's trainable scale and shift; auto: true (the reference ties it to bias), "
+        "false for dsad and dsvdd")
+    init: Literal["reference", "as_written"] = Field(
+        "reference", description="reference: PyTorch's default, what the reference trains (its trainer resets "
+        "every module); as_written: what its model code writes (LeNet: Xavier-normal; WideResNet: Kaiming-normal, "
+        "spatial-gate BatchNorm 0)")
+
+
 class IndexConfig(_Section):
     """The neighbour index: exact ``flat``, or ``ivf`` / ``ivfpq`` for corpora past about 1M items."""
 
@@ -421,6 +438,7 @@ class Config(_Section):
     name: str = "embedded"
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
+    model: ModelConfig = ModelConfig()
     search: SearchConfig = SearchConfig()
     run: RunConfig = RunConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()

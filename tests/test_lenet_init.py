@@ -1,9 +1,11 @@
-"""The LeNet initialisation is the reference code's, comes from the seed alone, and nothing resets it.
+"""The LeNet initialisation comes from the seed alone, and nothing resets it.
 
 The reference code (eoe/models/cnn.py) draws Xavier-normal weights and then its
 trainer calls reset_parameters() on every module, silently replacing them with
-PyTorch's default (SPEC section 8).  These tests pin the initialisation down by
-its distribution and check that the weights a training starts from are exactly
+PyTorch's default (SPEC section 8).  ``model.init: as_written`` is the former,
+``reference`` (the default) the latter.  These tests pin the as-written
+initialisation down by its distribution (tests/test_model_setup.py does the
+reference one) and check that the weights a training starts from are exactly
 the ones the constructor drew for that seed.
 """
 
@@ -16,7 +18,7 @@ import pytest
 import torch
 from scipy import stats
 
-from oesearch.models import LeNet, spec_for_size
+from oesearch.models import LeNet, ModelSetup, resolve_setup, spec_for_size
 from oesearch.training import PreparedTask, TrainSettings, make_objective, train_and_evaluate
 from oesearch.training import trainer as trainer_module
 from oesearch.training.trainer import seeded_model
@@ -53,7 +55,7 @@ def test_initialisation_is_deterministic_from_the_seed(shape: tuple[int, int, in
 
 def test_the_32x32_weights_have_the_xavier_normal_distribution() -> None:
     torch.manual_seed(0)
-    net = LeNet(spec_for_size(32), 3, head=True)
+    net = LeNet(spec_for_size(32), 3, head=True, setup=ModelSetup(init="as_written"))
     layers = [("conv.0.weight", LEAK_GAIN), ("conv.4.weight", LEAK_GAIN), ("conv.8.weight", LEAK_GAIN),
               ("fc.1.weight", LEAK_GAIN), ("fc.4.weight", 1.0)]
     params = dict(net.named_parameters())
@@ -98,7 +100,7 @@ def test_training_starts_from_exactly_the_drawn_weights(method: str, monkeypatch
     train_and_evaluate(task, rng.integers(0, 256, (1, 8, 8, 1), dtype=np.uint8), objective,
                        TrainSettings(epochs=1, lr=1e-2, milestones=(1,), batch_size=8), seed=21)
     torch.manual_seed(21)
-    drawn = LeNet(spec_for_size(8), 1, head=objective.head)
+    drawn = LeNet(spec_for_size(8), 1, head=objective.head, setup=resolve_setup(method))
     assert captured.keys() == drawn.state_dict().keys()
     for key, value in drawn.state_dict().items():
         assert torch.equal(captured[key], value), key

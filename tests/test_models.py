@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from oesearch.models import LeNet, WideResNet, build_model, spec_for_size
+from oesearch.models import LeNet, ModelSetup, WideResNet, build_model, spec_for_size
 from oesearch.training.objectives import DSVDD
 from oesearch.training.trainer import seeded_model
 
@@ -47,7 +47,8 @@ def test_parameter_count_against_torchvision_resnet18_plus_cbam(wrn: WideResNet)
     assert _count(build_model((224, 224, 3), head=True)) == _count(wrn) + 256 + 1
 
 
-def test_initialisation_is_what_the_code_says(wrn: WideResNet) -> None:
+def test_as_written_initialisation_is_what_the_code_says() -> None:
+    wrn = WideResNet(3, setup=ModelSetup(init="as_written"))
     convs = {name: m for name, m in wrn.named_modules() if isinstance(m, torch.nn.Conv2d)}
     # Kaiming normal, fan_out: std sqrt(2 / (out * k * k)); PyTorch's default would be 1/sqrt(3 fan_in).
     for name in ("blocks.7.conv2", "blocks.6.downsample.0", "blocks.4.conv1"):

@@ -15,6 +15,7 @@ import torch
 
 from oesearch.data.embedded import load_digits_split, load_natural_patches
 from oesearch.data.splits import one_vs_rest
+from oesearch.models import resolve_setup
 from oesearch.training import PreparedTask, TrainSettings, make_objective, train_and_evaluate
 from oesearch.training.objectives import DSAD, DSVDD, Focal, initial_centre, packable
 from oesearch.training.packed import train_packed
@@ -145,7 +146,10 @@ def test_trainer_prepares_with_the_fresh_model_and_the_task_tensors() -> None:
     train_and_evaluate(task, TRAIN[:1], objective, TrainSettings(epochs=1, batch_size=16, milestones=(1,)), seed=4)
     (state, train), = objective.seen
     assert torch.equal(train, task.prepare(task.train)), "the preprocessed training inputs, as training sees them"
-    fresh = seeded_model(task.image_shape, False, seed=4, device=torch.device("cpu")).state_dict()
+    # DSVDD trains the bias-free network (model.bias auto: no biases, no affine BatchNorm).
+    fresh = seeded_model(task.image_shape, False, seed=4, device=torch.device("cpu"),
+                         setup=resolve_setup("dsvdd")).state_dict()
+    assert not any(key.endswith("bias") for key in fresh)
     for key, value in fresh.items():
         assert torch.equal(state[key], value), key
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from oesearch.models import ModelSetup
 from oesearch.training import PreparedTask, TrainSettings, make_objective, train_and_evaluate
 from oesearch.training.packed import PackedLeNet, auto_pack, train_packed
 from oesearch.training.trainer import seeded_model
@@ -53,10 +54,19 @@ def _rel(a: list[float], b: list[float]) -> float:
     return float(np.max(np.abs(a_ - b_) / np.maximum(np.abs(b_), 1e-12)))
 
 
+SETUPS = [ModelSetup(bias, affine) for bias in (True, False) for affine in (True, False)]
+
+
+@pytest.mark.parametrize("setup", SETUPS, ids=str)
 @pytest.mark.parametrize("method", ["hsc", "bce"])
-def test_packed_network_equals_the_separate_networks(method: str) -> None:
+def test_packed_network_equals_the_separate_networks(method: str, setup: ModelSetup) -> None:
     head = method == "bce"
-    nets = [seeded_model((32, 32, 3), head, s, torch.device("cpu")).train() for s in SEEDS]
+    nets = [seeded_model((32, 32, 3), head, s, torch.device("cpu"), setup=setup).train() for s in SEEDS]
+    if setup.batchnorm_affine:  # scales and shifts away from their initial 1 and 0, so copying them is tested
+        with torch.no_grad():
+            for net in nets:
+                for bn in (m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)):
+                    bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-0.5, 0.5)
     packed = PackedLeNet(nets).train()
     xs = [torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(len(SEEDS))]
     out = packed(torch.stack(xs, dim=1).flatten(1, 2))
@@ -65,12 +75,14 @@ def test_packed_network_equals_the_separate_networks(method: str) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 4])
-@pytest.mark.parametrize("task, oes, method, batch", [
-    (SMALL64, OES, "hsc", 16), (SMALL64, OES, "bce", 16), (CIFAR_SIZED, OES_RGB, "hsc", 4)],
-    ids=["8x8-hsc", "8x8-bce", "32x32x3-hsc"])
-def test_first_20_step_losses_match_unpacked(k: int, task: PreparedTask, oes: list, method: str, batch: int) -> None:
+@pytest.mark.parametrize("task, oes, method, batch, setup", [
+    (SMALL64, OES, "hsc", 16, None), (SMALL64, OES, "bce", 16, None), (CIFAR_SIZED, OES_RGB, "hsc", 4, None),
+    (SMALL64, OES, "hsc", 16, ModelSetup(bias=False, batchnorm_affine=False, init="as_written"))],
+    ids=["8x8-hsc", "8x8-bce", "32x32x3-hsc", "8x8-hsc-bias-free"])
+def test_first_20_step_losses_match_unpacked(k: int, task: PreparedTask, oes: list, method: str, batch: int,
+                                             setup: ModelSetup | None) -> None:
     objective = make_objective(method)
-    settings = TrainSettings(epochs=1, batch_size=batch, milestones=())  # 320 / 16 = 80 / 4 = 20 steps
+    settings = TrainSettings(epochs=1, batch_size=batch, milestones=(), model=setup)  # 320 / 16 = 80 / 4 = 20 steps
     packed = train_packed(task, oes[:k], objective, settings, SEEDS[:k], record_steps=20)
     for i in range(k):
         single = train_and_evaluate(task, oes[i], objective, settings, SEEDS[i], record_steps=20)

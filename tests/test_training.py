@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from oesearch.models import build_model
+from oesearch.models import ModelSetup, build_model
 from oesearch.models.lenet import LeNet, spec_for_size
 from oesearch.training.augment import Augment
 from oesearch.training import (
@@ -61,14 +61,15 @@ def test_unsupported_sizes() -> None:
 
 
 @pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1), (32, 32, 3)])
-def test_no_bias_except_the_head(shape: tuple[int, int, int]) -> None:
-    phi = build_model(shape, head=False)
+def test_bias_free_setup_has_no_bias_except_the_head(shape: tuple[int, int, int]) -> None:
+    bias_free = ModelSetup(bias=False, batchnorm_affine=False)
+    phi = build_model(shape, head=False, setup=bias_free)
     for module in phi.modules():
         if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
             assert module.bias is None
         if isinstance(module, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
             assert module.weight is None and module.bias is None  # affine=False
-    names = [name for name, _ in build_model(shape, head=True).named_parameters()]
+    names = [name for name, _ in build_model(shape, head=True, setup=bias_free).named_parameters()]
     assert [n for n in names if n.endswith("bias")] == ["head.bias"]
     assert all(n.endswith("weight") for n in names if n != "head.bias")
 
@@ -76,7 +77,7 @@ def test_no_bias_except_the_head(shape: tuple[int, int, int]) -> None:
 def test_lenet_without_bias_maps_the_zero_image_to_zero() -> None:
     # No bias anywhere: in eval mode with fresh BN statistics (running mean 0, var 1) every
     # layer maps 0 to 0, so the zero image lands exactly on z = 0.
-    phi = LeNet(spec_for_size(8), 1).eval()
+    phi = LeNet(spec_for_size(8), 1, setup=ModelSetup(bias=False, batchnorm_affine=False)).eval()
     assert torch.count_nonzero(phi(torch.zeros(2, 1, 8, 8))) == 0
 
 

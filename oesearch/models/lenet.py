@@ -2,19 +2,25 @@
 
 Every convolution is followed by BatchNorm, leaky ReLU and 2x2 max-pooling;
 the first fully connected layer by BatchNorm and leaky ReLU; the last layer
-is linear.  Layers carry no bias and BatchNorm no affine parameters, the
-Deep SVDD convention that HSC and DSVDD inherit: a bias would let the network
-map everything onto a constant and collapse the hypersphere.
+is linear.  Leaky ReLU has the reference code's slope, 0.01 (``F.leaky_relu``'s
+default).
 
-Initialisation, done once in ``__init__`` (:meth:`LeNet.initialise`) and never
-reset afterwards, is the one the paper's reference code (``eoe/models/cnn.py``)
-writes: Xavier-normal weights, with the leaky-ReLU gain ``sqrt(2 / (1 + 0.01^2))``
-for every convolution and the first fully connected layer and gain 1 for the last
-linear layer; the BCE/Focal head keeps PyTorch's default, as there.  Leaky ReLU
-has that code's slope, 0.01 (``F.leaky_relu``'s default).  The reference trainer
-then calls ``reset_parameters()`` on every module (``weight_reset``), which
-silently replaces that initialisation with PyTorch's default, the pitfall SPEC
-section 8 names; here nothing does (tests/test_lenet_init.py checks it).
+A :class:`~oesearch.models.setup.ModelSetup` says the rest:
+
+- ``bias``: a bias on every convolution and linear layer of phi (the reference
+  scripts' ``bias=True``); off for Deep SVDD/SAD, whose hypersphere would collapse;
+- ``batchnorm_affine``: BatchNorm's trainable scale and shift (the reference ties
+  them to ``bias``);
+- ``init``: ``reference`` leaves PyTorch's default initialisation, which is what the
+  reference trains (its trainer calls ``reset_parameters()`` on every module);
+  ``as_written`` is what the reference's model code (``eoe/models/cnn.py``) writes:
+  Xavier-normal weights with the leaky-ReLU gain ``sqrt(2 / (1 + 0.01^2))`` for every
+  convolution and the first fully connected layer, gain 1 for the last linear layer,
+  biases left at PyTorch's default.
+
+The BCE/Focal head is ``nn.Linear(features, 1)`` with a bias and PyTorch's default
+initialisation under every setup, as the reference's ``self.linear``.  The
+initialisation is drawn once in ``__init__`` and nothing resets it later.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from oesearch.models.setup import REFERENCE, ModelSetup
 
 __all__ = ["LeNetSpec", "LeNet", "LENET_SPECS", "spec_for_size"]
 
@@ -64,17 +72,19 @@ class LeNet(nn.Module):
     """phi: images (B, C, H, W) -> features (B, spec.features).
 
     With ``head=True`` a linear layer to one logit follows phi (BCE, Focal).
-    The initialisation is :meth:`initialise`'s (see the module docstring); nothing resets it later.
+    ``setup`` sets biases, BatchNorm's affine parameters and the initialisation (module docstring).
     """
 
-    def __init__(self, spec: LeNetSpec, channels: int, head: bool = False) -> None:
+    def __init__(self, spec: LeNetSpec, channels: int, head: bool = False, setup: ModelSetup = REFERENCE) -> None:
         super().__init__()
+        self.setup = setup
+        bias, affine = setup.bias, setup.batchnorm_affine
         layers: list[nn.Module] = []
         cin, side = channels, spec.input_size
         for cout in spec.conv_channels:
             layers += [
-                nn.Conv2d(cin, cout, spec.kernel, padding=spec.kernel // 2, bias=False),
-                nn.BatchNorm2d(cout, eps=_BN_EPS, affine=False),
+                nn.Conv2d(cin, cout, spec.kernel, padding=spec.kernel // 2, bias=bias),
+                nn.BatchNorm2d(cout, eps=_BN_EPS, affine=affine),
                 nn.LeakyReLU(_LEAK),
                 nn.MaxPool2d(2),
             ]
@@ -82,23 +92,26 @@ class LeNet(nn.Module):
         self.conv = nn.Sequential(*layers)
         self.fc = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(cin * side * side, spec.hidden, bias=False),
-            nn.BatchNorm1d(spec.hidden, eps=_BN_EPS, affine=False),
+            nn.Linear(cin * side * side, spec.hidden, bias=bias),
+            nn.BatchNorm1d(spec.hidden, eps=_BN_EPS, affine=affine),
             nn.LeakyReLU(_LEAK),
-            nn.Linear(spec.hidden, spec.features, bias=False),
+            nn.Linear(spec.hidden, spec.features, bias=bias),
         )
         self.head = nn.Linear(spec.features, 1) if head else None
-        self.initialise()
+        # init "reference": the constructors above already drew PyTorch's default, which is exactly
+        # what the reference's reset_parameters() would draw again.
+        if setup.init == "as_written":
+            self.initialise()
 
     @torch.no_grad()
     def initialise(self) -> None:
-        """The reference code's initialisation, drawn from the global torch RNG (seeded by the caller)."""
+        """The reference's model-code initialisation (``as_written``), drawn from the global torch RNG."""
         hidden_gain = nn.init.calculate_gain("leaky_relu", _LEAK)
         layers = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and m is not self.head]
         for layer in layers[:-1]:  # the convolutions and the first fully connected layer feed a leaky ReLU
             nn.init.xavier_normal_(layer.weight, gain=hidden_gain)
         nn.init.xavier_normal_(layers[-1].weight, gain=1.0)  # the last linear layer: phi's output
-        # self.head: PyTorch's default (as the reference's nn.Linear(rep_dim, 1)), set by its constructor.
+        # Biases and self.head keep PyTorch's default (as in the reference's model code), set by their constructors.
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.fc(self.conv(x))

@@ -15,6 +15,7 @@ from oesearch.config import Config, ConfigError, config_to_dict
 from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
 from oesearch.results import RunDir, write_outputs
 from oesearch.results.storage import Mirror, is_uri
+from oesearch.models import resolve_setup
 from oesearch.search.bounds import auto_bound_dims
 from oesearch.search.dispatch import Dispatcher, connect, plan_workers
 from oesearch.search.evolution import Evolution, EvolutionState
@@ -116,7 +117,8 @@ def worker_spec(config: Config) -> WorkerSpec:
     t = config.train
     settings = TrainSettings(epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
                              weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()),
-                             precision=t.precision, channels_last=t.channels_last, compile=t.compile)
+                             precision=t.precision, channels_last=t.channels_last, compile=t.compile,
+                             model=resolve_setup(t.method, **config.model.model_dump()))
     filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
     clip = ClipSpec(**t.clip.model_dump()) if t.method in CLIP_METHODS else None
     return WorkerSpec(t.method, t.hsc_radial, settings, filt, t.focal_gamma, t.focal_alpha, clip)

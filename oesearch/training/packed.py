@@ -1,9 +1,10 @@
 """Packed training: K candidates (individual x seed) train as one program.
 
 K LeNets become one network: convolutions are grouped convolutions over K*C
-channels, BatchNorm runs over K*c channels (no affine parameters, so channel
-j of candidate k has its own batch statistics exactly as in its own network),
-and the linear layers are batched matmuls over a leading K axis.  The loss is
+channels, BatchNorm runs over K*c channels (channel j of candidate k has its
+own batch statistics, and its own scale and shift when affine, exactly as in
+its own network), and the linear layers are batched matmuls over a leading K
+axis, with a (K, out) bias when the networks have biases.  The loss is
 the *sum* over candidates of each candidate's mean loss, so each candidate's
 gradient is the one its own training would see; Adam and weight decay are
 elementwise, so the stacked parameters carry K independent optimiser states.
@@ -25,11 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from oesearch.models.lenet import _BN_EPS, _LEAK, LeNet, spec_for_size
+from oesearch.models.lenet import _LEAK, LeNet
 from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.metrics import roc_auc
 from oesearch.training.objectives import Objective, packable
-from oesearch.training.trainer import PreparedTask, TrainSettings, balanced_batches, seeded_model
+from oesearch.training.trainer import PreparedTask, TrainSettings, balanced_batches, seeded_model, setup_for
 
 __all__ = ["PackedLeNet", "PackedResult", "train_packed", "auto_pack", "CANDIDATE_BYTES"]
 
@@ -38,24 +39,47 @@ __all__ = ["PackedLeNet", "PackedResult", "train_packed", "auto_pack", "CANDIDAT
 CANDIDATE_BYTES = 160 * 2**20
 
 
+def _stacked(tensors: Sequence[torch.Tensor | None], cat: bool = False) -> nn.Parameter | None:
+    """One parameter holding the K networks' tensors (None when they have none, e.g. no bias)."""
+    if tensors[0] is None:
+        return None
+    joined = torch.cat if cat else torch.stack
+    return nn.Parameter(joined([t.detach() for t in tensors]).clone())
+
+
+def _packed_batchnorm(bns: Sequence[nn.modules.batchnorm._BatchNorm]) -> nn.modules.batchnorm._BatchNorm:
+    """The K networks' BatchNorms of one layer as one over K*c channels, their scales and shifts copied."""
+    first = bns[0]
+    packed = type(first)(len(bns) * first.num_features, eps=first.eps, affine=first.affine)
+    if first.affine:
+        with torch.no_grad():
+            packed.weight.copy_(torch.cat([bn.weight for bn in bns]))
+            packed.bias.copy_(torch.cat([bn.bias for bn in bns]))
+    return packed
+
+
 class PackedLeNet(nn.Module):
     """K LeNets of one spec as one module: (B, K*C, H, W) -> (B, K, F), or (B, K) with a head."""
 
     def __init__(self, nets: Sequence[LeNet]) -> None:
         super().__init__()
-        self.k = k = len(nets)
+        self.k = len(nets)
         first = nets[0]
         convs = [[m for m in n.conv if isinstance(m, nn.Conv2d)] for n in nets]
-        self.conv_weights = nn.ParameterList(
-            nn.Parameter(torch.cat([c[i].weight.detach() for c in convs]).clone()) for i in range(len(convs[0])))
+        bns = [[m for m in n.conv if isinstance(m, nn.BatchNorm2d)] for n in nets]
+        layers = range(len(convs[0]))
+        self.conv_weights = nn.ParameterList(_stacked([c[i].weight for c in convs], cat=True) for i in layers)
+        self.conv_biases = (nn.ParameterList(_stacked([c[i].bias for c in convs], cat=True) for i in layers)
+                            if convs[0][0].bias is not None else None)
         self.padding = convs[0][0].padding
-        self.bns = nn.ModuleList(
-            nn.BatchNorm2d(k * c.out_channels, eps=_BN_EPS, affine=False) for c in convs[0])
+        self.bns = nn.ModuleList(_packed_batchnorm([b[i] for b in bns]) for i in layers)
         lin1 = [n.fc[1] for n in nets]
         lin2 = [n.fc[4] for n in nets]
-        self.w1 = nn.Parameter(torch.stack([m.weight.detach() for m in lin1]).clone())  # (K, hidden, in)
-        self.bn1 = nn.BatchNorm1d(k * lin1[0].out_features, eps=_BN_EPS, affine=False)
-        self.w2 = nn.Parameter(torch.stack([m.weight.detach() for m in lin2]).clone())  # (K, features, hidden)
+        self.w1 = _stacked([m.weight for m in lin1])  # (K, hidden, in)
+        self.b1 = _stacked([m.bias for m in lin1])  # (K, hidden) or None
+        self.bn1 = _packed_batchnorm([n.fc[2] for n in nets])
+        self.w2 = _stacked([m.weight for m in lin2])  # (K, features, hidden)
+        self.b2 = _stacked([m.bias for m in lin2])  # (K, features) or None
         if first.head is not None:
             self.head_w = nn.Parameter(torch.stack([n.head.weight.detach()[0] for n in nets]).clone())  # (K, F)
             self.head_b = nn.Parameter(torch.cat([n.head.bias.detach() for n in nets]).clone())  # (K,)
@@ -63,13 +87,18 @@ class PackedLeNet(nn.Module):
             self.head_w = self.head_b = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for weight, bn in zip(self.conv_weights, self.bns):
-            x = F.conv2d(x, weight, padding=self.padding, groups=self.k)
+        biases = self.conv_biases if self.conv_biases is not None else [None] * len(self.bns)
+        for weight, bias, bn in zip(self.conv_weights, biases, self.bns):
+            x = F.conv2d(x, weight, bias, padding=self.padding, groups=self.k)
             x = F.max_pool2d(F.leaky_relu(bn(x), _LEAK), 2)
         b = x.shape[0]
         x = torch.einsum("bki,khi->bkh", x.reshape(b, self.k, -1), self.w1)
+        if self.b1 is not None:
+            x = x + self.b1
         x = F.leaky_relu(self.bn1(x.reshape(b, -1)), _LEAK).reshape(b, self.k, -1)
         z = torch.einsum("bkh,kfh->bkf", x, self.w2)
+        if self.b2 is not None:
+            z = z + self.b2
         if self.head_w is None:
             return z
         return torch.einsum("bkf,kf->bk", z, self.head_w) + self.head_b
@@ -140,7 +169,8 @@ def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective
                   seeds: Sequence[int], record_steps: int) -> PackedResult:
     device = task.device
     k = len(seeds)
-    nets = [seeded_model(task.image_shape, objective.head, s, device, task.dtype) for s in seeds]
+    setup = setup_for(objective, settings)
+    nets = [seeded_model(task.image_shape, objective.head, s, device, task.dtype, setup) for s in seeds]
     if not isinstance(nets[0], LeNet):
         raise ValueError(f"the packed trainer packs LeNets only, not {type(nets[0]).__name__}; use run.pack 1")
     packed = PackedLeNet(nets).to(device, task.dtype)

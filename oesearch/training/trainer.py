@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from oesearch.models import build_model
+from oesearch.models import REFERENCE, ModelSetup, build_model, resolve_setup
 from oesearch.training.augment import Augment, frequency_filter
 from oesearch.training.execution import check_precision, forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.metrics import roc_auc
@@ -26,7 +26,7 @@ from oesearch.training.objectives import Objective
 
 __all__ = [
     "TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor",
-    "to_pixels", "seeded_model", "balanced_batches", "anomaly_scores",
+    "to_pixels", "seeded_model", "setup_for", "balanced_batches", "anomaly_scores",
 ]
 
 
@@ -47,6 +47,7 @@ class TrainSettings:
     precision: str = "fp32"  # "fp32" | "bf16" (autocast forward) | "tf32" (CUDA only; no-op on CPU)
     channels_last: bool = False  # model and batches in NHWC memory order
     compile: bool = False  # torch.compile the model
+    model: ModelSetup | None = None  # biases, affine BatchNorm, init; None: the objective's (setup_for)
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
@@ -153,12 +154,17 @@ class TrainResult:
     step_losses: list[float] = field(default_factory=list)  # the first ``record_steps`` steps' losses
 
 
+def setup_for(objective: Objective, settings: TrainSettings) -> ModelSetup:
+    """The network setup a training uses: ``settings.model``, else the reference's, bias-free for Deep SVDD/SAD."""
+    return settings.model if settings.model is not None else resolve_setup(objective.name)
+
+
 def seeded_model(image_shape: tuple[int, int, int], head: bool, seed: int, device: torch.device,
-                 dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+                 dtype: torch.dtype = torch.float32, setup: ModelSetup = REFERENCE) -> torch.nn.Module:
     """A fresh phi initialised from ``seed`` (in float32, then cast), without touching the global RNG."""
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
-        return build_model(image_shape, head=head).to(device, dtype)
+        return build_model(image_shape, head=head, setup=setup).to(device, dtype)
 
 
 def balanced_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen: torch.Generator,
@@ -218,7 +224,7 @@ def train_and_evaluate(
 def _train(task: PreparedTask, oe_images: np.ndarray, objective: Objective, settings: TrainSettings, seed: int,
            record_steps: int) -> TrainResult:
     device = task.device
-    net = seeded_model(task.image_shape, objective.head, seed, device, task.dtype)
+    net = seeded_model(task.image_shape, objective.head, seed, device, task.dtype, setup_for(objective, settings))
     if hasattr(objective, "prepare"):  # e.g. DSAD/DSVDD's centre, from the same preprocessed train inputs
         objective = objective.prepare(net, task.prepare(task.train))
     uses_oe = getattr(objective, "uses_oe", True)
