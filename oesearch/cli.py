@@ -5,6 +5,7 @@
     python oesearch/run.py --resume runs/20261128-101500-embedded-hsc-worst-c8-s0
     oesearch report runs/20261128-101500-embedded-hsc-worst-c8-s0   # HTML report, also of a running search
     oesearch benchmark --config search_configs/cifar10_split.yaml      # classes x methods x OE sizes x seeds
+    oesearch evaluate --indices 3 17 --seeds 4                          # how good is each OE image for the class?
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import yaml
 from oesearch.config import METHODS, ConfigError, apply_overrides, config_from_dict, config_to_dict, read_yaml
 from oesearch.data import DataError
 
-__all__ = ["build_parser", "resolve_config", "main"]
+__all__ = ["build_parser", "build_evaluate_parser", "resolve_config", "main", "evaluate_main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(Liznerski et al., Exposing Outlier Exposure, TMLR 2022). Without --config it runs the embedded "
         "default: sklearn digits as normal data, patches of sklearn's sample photos as the OE corpus. "
         "`oesearch report RUN_DIR...` writes an HTML report of finished or running searches; "
-        "`oesearch benchmark [--config FILE]` runs a benchmark table (see `oesearch benchmark --help`).",
+        "`oesearch benchmark [--config FILE]` runs a benchmark table (see `oesearch benchmark --help`); "
+        "`oesearch evaluate --indices I... | --images FILE...` scores given OE images over N seeds "
+        "(see `oesearch evaluate --help`).",
     )
     p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
     p.add_argument("--method", choices=list(METHODS),
@@ -45,6 +48,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its journal and checkpoint")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
+
+
+def build_evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="oesearch evaluate",
+        description="Train and score each given OE image (alone, as the only outlier exposure) over N seeds for "
+        "the config's normal class, through the search's workers and journal. Prints a table, then one JSON "
+        'line: {"method", "normal_class", "seeds", "results": [{"index", "auc_mean", "auc_sd", "aucs"}, ...]} '
+        "(auc_sd: the sample SD over seeds). The run directory holds the journal and evaluation.json.",
+    )
+    p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--indices", type=int, nargs="+", metavar="I", help="corpus indices (data.corpus)")
+    what.add_argument("--images", nargs="+", metavar="FILE",
+                      help="image files, resized and converted to the normal data's shape as the corpus is")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per image, derived from run.seed (default 3)")
+    p.add_argument("--method", choices=list(METHODS), help="objective (train.method)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.init=as_written (repeatable)")
+    p.add_argument("--seed", type=int, help="run seed (run.seed); the training seeds derive from it")
+    p.add_argument("--out", help="parent folder for run directories (run.out)")
+    p.add_argument("--address", help="Ray cluster address (run.address; RAY_ADDRESS also works)")
+    p.add_argument("--storage", help="shared storage for the run directory (run.storage)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed evaluation from its journal")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.set_defaults(mode=None, strategy=None)
+    return p
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``oesearch evaluate``: a table, then one JSON line last."""
+    args = build_evaluate_parser().parse_args(argv)
+    from oesearch.results import RunDir
+    from oesearch.results.storage import run_parent
+    from oesearch.search.evaluate import REQUEST, format_table, prepare_evaluation, results_line, run_evaluation
+
+    try:
+        if args.resume:
+            rundir = RunDir.existing(Path(args.resume))
+            if args.config or args.overrides or args.method or args.seed is not None or args.indices or args.images:
+                raise ConfigError("--resume continues an evaluation with its own saved config and images; drop "
+                                  "--config/--set/--method/--seed/--indices/--images")
+            config = config_from_dict(read_yaml(rundir.file("config.yaml")))
+            request = yaml.safe_load(rundir.file(REQUEST).read_text())
+            evaluation = prepare_evaluation(config, request["indices"], request["images"], request["seeds"])
+        else:
+            config, rundir = resolve_config(args), None
+            if not args.indices and not args.images:
+                raise ConfigError("name the OE images to evaluate: --indices I [I ...] or --images FILE [FILE ...]")
+            evaluation = prepare_evaluation(config, args.indices, args.images, args.seeds)  # before any file
+            label = f"{config.name}-{config.train.method}-evaluate-c{config.data.normal_class}-s{config.run.seed}"
+            rundir = RunDir.create(run_parent(config.run.out, config.run.storage), label)
+        summary = run_evaluation(config, rundir, evaluation, progress=not args.no_progress)
+    except (ConfigError, DataError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(rundir.path)
+    print(format_table(summary))
+    print(results_line(summary))
+    return 0
 
 
 def resolve_config(args: argparse.Namespace):
@@ -70,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
         from oesearch.analysis.html_report import main as report_main
 
         return report_main(argv[1:])
+    if argv[:1] == ["evaluate"]:  # `oesearch evaluate --indices ...`: given OE images over N seeds
+        return evaluate_main(argv[1:])
     if argv[:1] == ["benchmark"]:  # `oesearch benchmark --config FILE`: classes x methods x OE sizes x seeds
         from oesearch.benchmark.cli import main as benchmark_main
 

@@ -83,16 +83,21 @@ class FitnessProblem:
             ind.fitness.values = (value,)
         return counts
 
+    def scores(self, individuals: Sequence[Sequence[int]], seeds: Sequence[int], purpose: str,
+               label: str | None = None) -> list[list[float | None]]:
+        """Per individual, the test AUC of each seed (None where that training failed), training what is missing."""
+        self._evaluate(list(enumerate(individuals)), seeds, purpose, None, label or purpose)
+        return [[row["auc"] if row["status"] == "ok" else None
+                 for row in (self.cache.get(job_key(self.normal_class, indices, s)) for s in seeds)]
+                for indices in individuals]
+
     def validate(self, individuals: Sequence[Sequence[int]]) -> list[tuple[float, float]]:
         """(mean, std) of the test AUC over fresh validation seeds, per individual."""
         if not self.validation_seeds:
             return [(math.nan, math.nan)] * len(individuals)
-        self._evaluate(list(enumerate(individuals)), self.validation_seeds, "validate", None, "validate")
         out = []
-        for indices in individuals:
-            rows = [self.cache.get(job_key(self.normal_class, indices, s)) for s in self.validation_seeds]
-            aucs = [r["auc"] for r in rows if r["status"] == "ok"]
-            if len(aucs) < len(rows):
+        for aucs in self.scores(individuals, self.validation_seeds, "validate"):
+            if None in aucs:
                 out.append((math.nan, math.nan))
             else:
                 out.append((float(np.mean(aucs)), float(np.std(aucs))))

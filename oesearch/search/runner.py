@@ -30,7 +30,7 @@ from oesearch.training.augment import Augment, filter_mask
 from oesearch.training.clip import ClipSpec, check_clip
 from oesearch.training.objectives import CLIP_METHODS
 
-__all__ = ["SearchData", "prepare", "worker_spec", "load_search_data", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
+__all__ = ["SearchData", "prepare", "worker_spec", "load_task", "load_search_data", "make_dispatcher", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
 
 
 @dataclass
@@ -40,12 +40,17 @@ class SearchData:
     index: NeighbourIndex
 
 
+def load_task(config: Config) -> OneVsRest:
+    """The one-vs-rest task of ``data.normal`` and ``data.normal_class`` (decoded stores are cached)."""
+    d = config.data
+    return one_vs_rest(load_normal(d.normal, "train", d.cache_dir), load_normal(d.normal, "test", d.cache_dir),
+                       d.normal_class)
+
+
 def load_search_data(config: Config, log: Callable[[str], None] = print) -> SearchData:
     """Normal task, OE corpus conformed to its image shape, and the neighbour index (all cached)."""
     d = config.data
-    train = load_normal(d.normal, "train", d.cache_dir)
-    test = load_normal(d.normal, "test", d.cache_dir)
-    task = one_vs_rest(train, test, d.normal_class)
+    task = load_task(config)
     corpus = load_corpus(d.corpus, task.image_shape, d.cache_dir)
     start = time.perf_counter()
     ix = config.search.index
@@ -124,18 +129,20 @@ def worker_spec(config: Config) -> WorkerSpec:
     return WorkerSpec(t.method, t.hsc_radial, settings, filt, t.focal_gamma, t.focal_alpha, clip)
 
 
-def _dispatcher(config: Config, data: SearchData, run_id: str, worker_class: Any,
-                log: Callable[[str], None]) -> tuple[Dispatcher, str]:
-    """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images."""
+def make_dispatcher(config: Config, task: OneVsRest, images: np.ndarray, run_id: str, worker_class: Any,
+                    log: Callable[[str], None]) -> tuple[Dispatcher, str]:
+    """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images.
+
+    A job's indices point into ``images`` (the corpus, or the images of ``oesearch evaluate``).
+    """
     r = config.run
     spec = worker_spec(config)
     count, options, kind = plan_workers(r.workers, r.gpus_per_worker, log=log)
-    images = data.corpus.images
 
     def payload(job: Job) -> tuple[np.ndarray]:
         return (np.ascontiguousarray(images[list(job.indices)]),)
 
-    task_ref = ray.put(data.task)  # one copy in the object store, shared by every worker
+    task_ref = ray.put(task)  # one copy in the object store, shared by every worker
     dispatcher = Dispatcher(worker_class, (task_ref, spec), payload, count, options, max_retries=r.max_retries,
                             eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}",
                             pack=None if r.pack == "auto" else r.pack)
@@ -166,7 +173,8 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
     mirror = Mirror(config.run.storage, rundir.path) if config.run.storage and is_uri(config.run.storage) else None
 
     connect(config.run.address)
-    dispatcher, device_kind = _dispatcher(config, data, rundir.path.name, worker_class, log)
+    dispatcher, device_kind = make_dispatcher(config, data.task, data.corpus.images, rundir.path.name, worker_class,
+                                              log)
     metrics = RunMetrics(rundir.path.name, config.train.method, config.search.mode)
     rows = rundir.journal_rows()
     if rows or state is not None:
