@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from oesearch.config import load_config
+from oesearch.models import ModelSetup
+from oesearch.search.runner import worker_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "search_configs"
@@ -100,6 +102,22 @@ def test_command_matches_sections(path):
     else:
         assert "search" in config, f"{path.name} is run by oesearch/run.py but has no search section"
         assert "benchmark" not in config, f"{path.name}: a search config with a benchmark section"
+
+
+@pytest.mark.parametrize("path", FILES, ids=IDS)
+def test_network_is_the_reference_setup_and_the_header_says_so(path):
+    """Each config trains what the reference code trains (biases, affine BatchNorm, PyTorch's default init),
+    bias-free only for dsad/dsvdd, and its header's '# Network:' line says which network it is."""
+    config, text = raw(path), field(path, "Network")
+    methods = set(config.get("benchmark", {}).get("methods", ())) or {config.get("train", {}).get("method", "hsc")}
+    if methods <= CLIP_METHODS:
+        assert "CLIP" in text and "model" not in config, path.name
+        return
+    assert config["model"] == {"bias": "auto", "batchnorm_affine": "auto", "init": "reference"}, path.name
+    assert "PyTorch's default initialisation" in text and "dsvdd" in text, path.name
+    spec = worker_spec(load_config(path))
+    assert spec.settings.model == ModelSetup(bias=spec.method not in ("dsad", "dsvdd"),
+                                             batchnorm_affine=spec.method not in ("dsad", "dsvdd"), init="reference")
 
 
 @pytest.mark.parametrize("path", FILES, ids=IDS)
