@@ -14,6 +14,24 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_PY = REPO / "oesearch" / "run.py"
+# The CIFAR-10 JPEG archive of ../shared/data (slow tests skip without it).
+CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+if not CIFAR_ARCHIVE.exists():  # a worktree next to the main checkout, or the shared folder elsewhere
+    CIFAR_ARCHIVE = Path(os.environ.get("OESEARCH_SHARED_DATA", "/work/shared/data")) / "cifar10-jpeg.tar.gz"
+
+
+def unpack_cifar(dest: Path) -> Path:
+    """``dest/cifar10-jpeg/{train,test}/<class>/NNNN.jpg``, or a skip when the archive is absent."""
+    import tarfile
+
+    if not CIFAR_ARCHIVE.exists():
+        pytest.skip(f"CIFAR-10 JPEG archive not found at {CIFAR_ARCHIVE} (see ../shared/data/README.md; "
+                    "set OESEARCH_SHARED_DATA to the folder that holds cifar10-jpeg.tar.gz)")
+    with tarfile.open(CIFAR_ARCHIVE) as archive:
+        archive.extractall(dest, filter="data")
+    root = dest / "cifar10-jpeg"
+    assert (root / "train").is_dir() and (root / "test").is_dir()
+    return root
 
 
 @pytest.fixture(scope="session")

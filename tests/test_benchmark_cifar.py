@@ -12,29 +12,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO, RUN_PY
-
-ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-if not ARCHIVE.exists():  # a worktree next to the main checkout, or the shared folder elsewhere
-    ARCHIVE = Path(os.environ.get("OESEARCH_SHARED_DATA", "/work/shared/data")) / "cifar10-jpeg.tar.gz"
+from conftest import REPO, RUN_PY, unpack_cifar
 
 pytestmark = pytest.mark.slow
 
 
 def test_cifar10_split_benchmark(tmp_path: Path, cache_dir: Path) -> None:
-    if not ARCHIVE.exists():
-        pytest.skip(f"CIFAR-10 JPEG archive not found at {ARCHIVE} (see ../shared/data/README.md; "
-                    "set OESEARCH_SHARED_DATA to the folder that holds cifar10-jpeg.tar.gz)")
-    with tarfile.open(ARCHIVE) as archive:
-        archive.extractall(tmp_path, filter="data")
-    root = tmp_path / "cifar10-jpeg"
-    assert (root / "train").is_dir() and (root / "test").is_dir()
+    root = unpack_cifar(tmp_path)
 
     args = ["benchmark", "--no-progress", "--config", str(REPO / "search_configs" / "cifar10_split.yaml"),
             "--set", f"data.normal.path={root}", "--set", f"data.cache_dir={cache_dir}", "--out", str(tmp_path / "runs")]
