@@ -10,6 +10,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -39,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set search.population=32 (repeatable)")
     p.add_argument("--seed", type=int, help="run seed (run.seed); every random number descends from it")
     p.add_argument("--out", help="parent folder for run directories (run.out)")
-    p.add_argument("--address", help="Ray cluster address, e.g. 'auto' on a head node (run.address; RAY_ADDRESS also works)")
+    p.add_argument("--address", metavar="local|auto|HOST:PORT",
+                   help="which Ray to run on (run.address): 'local' starts a private instance that ends with the run; "
+                   "'auto' or HOST:PORT joins that cluster. Without it: RAY_ADDRESS if set, else the cluster that "
+                   "`ray start` recorded on this machine (a head node, as with `ray submit`), else a private "
+                   "instance. The first line after the data says which it joined")
     p.add_argument("--storage", help="shared storage for the run directory: a path, or a URI such as s3://bucket/runs "
                    "(run.storage)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its journal and checkpoint")
@@ -64,7 +72,13 @@ def resolve_config(args: argparse.Namespace):
     return config_from_dict(apply_overrides(raw, overrides))
 
 
+_SUPERVISED = "OESEARCH_SUPERVISOR_STATUS"  # set in the driver process: where it tells its supervisor what it runs
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] not in (["report"], ["benchmark"]) and _SUPERVISED not in os.environ \
+            and not {"-h", "--help"} & set(sys.argv[1:]):
+        return supervise(sys.argv[1:])  # from the command line: the search runs in a driver process of its own
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:  # `oesearch report RUN_DIR...`; every other use is the search itself
         from oesearch.analysis.html_report import main as report_main
@@ -76,9 +90,12 @@ def main(argv: list[str] | None = None) -> int:
         return benchmark_main(argv[1:])
     args = build_parser().parse_args(argv)
     from oesearch.results import RunDir
+    from oesearch.results.rundir import RunBusy
     from oesearch.results.storage import run_parent
+    from oesearch.search.cluster import ClusterLost, connect
     from oesearch.search.runner import prepare, run_search
 
+    rundir = None
     try:
         if args.resume:
             rundir = RunDir.existing(Path(args.resume))
@@ -92,17 +109,102 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, rundir = resolve_config(args), None
         data = prepare(config)  # bad data or values fail here, before a run directory exists
+        cluster = connect(config.run.address, print)  # so does an unreachable cluster; the line says which one
         if rundir is None:
             label = f"{config.name}-{config.train.method}-{config.search.mode}-c{config.data.normal_class}-s{config.run.seed}"
             if config.search.strategy == "random":
                 label += "-random"
-            rundir = RunDir.create(run_parent(config.run.out, config.run.storage), label)
+            parent = run_parent(config.run.out, config.run.storage)
+            try:
+                rundir = RunDir.create(parent, label)
+            except OSError as err:
+                raise ConfigError(f"cannot create a run directory under {parent}: {err.strerror or err}. "
+                                  "Give a folder you can write to with --out DIR (or --storage).") from None
+        _tell_supervisor(rundir, cluster)
         run_search(config, rundir, data=data, progress=not args.no_progress)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write failed mid-run: disk full, file system gone read-only...
+        print(f"error: {_write_failed(err, rundir)}", file=sys.stderr)
         return 2
     print(rundir.path)
     return 0
+
+
+def _tell_supervisor(rundir, cluster) -> None:
+    status = os.environ.get(_SUPERVISED)
+    if status:
+        Path(status).write_text(json.dumps({"run_dir": str(rundir.path),
+                                            "where": cluster.where() if cluster else "the Ray cluster"}))
+
+
+def supervise(argv: list[str]) -> int:
+    """Run the search in a child process and explain its death.
+
+    When the Ray cluster a driver joined goes away, Ray ends the driver
+    process at once (exit code 1, no Python exception, no message).  This
+    process, which never touches Ray, outlives it and says what happened and
+    how to resume.  The child dies with it (``PR_SET_PDEATHSIG``), and its
+    private Ray instance with the child (see :mod:`oesearch.search.cluster`).
+    """
+    import tempfile
+
+    fd, status = tempfile.mkstemp(prefix="oesearch-driver-", suffix=".json")
+    os.close(fd)
+    env = {**os.environ, _SUPERVISED: status, "OESEARCH_SYS_PATH": json.dumps(sys.path)}
+    code = "import json, os, sys; sys.path[:] = json.loads(os.environ.pop('OESEARCH_SYS_PATH')); " \
+           "from oesearch.cli import main; sys.exit(main(sys.argv[1:]))"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which decides
+    try:
+        child = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, preexec_fn=_die_with_parent)
+        rc = child.wait()
+        if rc in (0, 2, -signal.SIGINT, 128 + signal.SIGINT):  # done, explained, or stopped by the user
+            return rc
+        info = json.loads(Path(status).read_text() or "{}")
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        Path(status).unlink(missing_ok=True)
+    how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
+    if "run_dir" not in info:
+        print(f"error: the search's driver process {how} before its run directory existed; nothing was "
+              "written. Its output above says why.", file=sys.stderr)
+        return 2
+    from oesearch.results import read_journal
+
+    run_dir = Path(info["run_dir"])
+    rows = read_journal(run_dir / "journal.jsonl")
+    cause = ("Ray ends a driver this way when the cluster it joined shuts down or loses its head node"
+             if rc == 1 else "a kill from outside, such as the out-of-memory killer, does this")
+    print(f"error: the search's driver process {how} while running on {info['where']} ({cause}). Nothing finished "
+          f"is lost: {len(rows)} evaluations are in {run_dir / 'journal.jsonl'}. Continue it on a private Ray "
+          f"instance on this machine with: python oesearch/run.py --resume {run_dir} --address local "
+          "(or give --address of a live cluster instead of local).", file=sys.stderr)
+    return 2
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGKILL when the supervisor dies (Linux; elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _write_failed(err: OSError, rundir) -> str:
+    """One paragraph: which write failed, what is safe, and the command that continues."""
+    import errno
+
+    what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "a write failed"
+    where = f" writing {err.filename}" if err.filename else ""
+    if rundir is None or not rundir.path.exists():
+        return f"{what}{where} ({err.strerror or err}); nothing was written. Free space or fix the folder, then run again."
+    rows = rundir.journal_rows()
+    return (f"{what}{where} ({err.strerror or err}). Nothing already written is lost: {len(rows)} finished "
+            f"evaluations are in {rundir.file(rundir.journal_name)}. Free space (or make {rundir.path.parent} "
+            f"writable), then continue with: python oesearch/run.py --resume {rundir.path}")
 
 
 if __name__ == "__main__":

@@ -516,6 +516,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    except (OSError, UnicodeDecodeError) as err:  # unreadable, or not text at all
+        raise ConfigError(f"cannot read the config file {path} ({err}); give a readable YAML file") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(raw).__name__}")
     return raw
