@@ -10,10 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import yaml
 
 from oesearch.config import METHODS, ConfigError, apply_overrides, config_from_dict, config_to_dict, read_yaml
 from oesearch.data import DataError
+from oesearch.supervisor import supervise, supervised, tell_supervisor
 
 __all__ = ["build_parser", "resolve_config", "main"]
 
@@ -72,11 +69,8 @@ def resolve_config(args: argparse.Namespace):
     return config_from_dict(apply_overrides(raw, overrides))
 
 
-_SUPERVISED = "OESEARCH_SUPERVISOR_STATUS"  # set in the driver process: where it tells its supervisor what it runs
-
-
 def main(argv: list[str] | None = None) -> int:
-    if argv is None and sys.argv[1:2] not in (["report"], ["benchmark"]) and _SUPERVISED not in os.environ \
+    if argv is None and sys.argv[1:2] not in (["report"], ["benchmark"]) and not supervised() \
             and not {"-h", "--help"} & set(sys.argv[1:]):
         return supervise(sys.argv[1:])  # from the command line: the search runs in a driver process of its own
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -109,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, rundir = resolve_config(args), None
         data = prepare(config)  # bad data or values fail here, before a run directory exists
-        cluster = connect(config.run.address, print)  # so does an unreachable cluster; the line says which one
-        if rundir is None:
+        fresh = rundir is None
+        if fresh:
             label = f"{config.name}-{config.train.method}-{config.search.mode}-c{config.data.normal_class}-s{config.run.seed}"
             if config.search.strategy == "random":
                 label += "-random"
@@ -120,7 +114,13 @@ def main(argv: list[str] | None = None) -> int:
             except OSError as err:
                 raise ConfigError(f"cannot create a run directory under {parent}: {err.strerror or err}. "
                                   "Give a folder you can write to with --out DIR (or --storage).") from None
-        _tell_supervisor(rundir, cluster)
+        try:
+            cluster = connect(config.run.address, print)  # the line says which Ray it runs on
+        except ClusterLost:
+            if fresh:
+                rundir.path.rmdir()  # still empty: a run that never started leaves nothing behind
+            raise
+        tell_supervisor(rundir, cluster)
         run_search(config, rundir, data=data, progress=not args.no_progress)
     except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -130,67 +130,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(rundir.path)
     return 0
-
-
-def _tell_supervisor(rundir, cluster) -> None:
-    status = os.environ.get(_SUPERVISED)
-    if status:
-        Path(status).write_text(json.dumps({"run_dir": str(rundir.path),
-                                            "where": cluster.where() if cluster else "the Ray cluster"}))
-
-
-def supervise(argv: list[str]) -> int:
-    """Run the search in a child process and explain its death.
-
-    When the Ray cluster a driver joined goes away, Ray ends the driver
-    process at once (exit code 1, no Python exception, no message).  This
-    process, which never touches Ray, outlives it and says what happened and
-    how to resume.  The child dies with it (``PR_SET_PDEATHSIG``), and its
-    private Ray instance with the child (see :mod:`oesearch.search.cluster`).
-    """
-    import tempfile
-
-    fd, status = tempfile.mkstemp(prefix="oesearch-driver-", suffix=".json")
-    os.close(fd)
-    env = {**os.environ, _SUPERVISED: status, "OESEARCH_SYS_PATH": json.dumps(sys.path)}
-    code = "import json, os, sys; sys.path[:] = json.loads(os.environ.pop('OESEARCH_SYS_PATH')); " \
-           "from oesearch.cli import main; sys.exit(main(sys.argv[1:]))"
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the child, which decides
-    try:
-        child = subprocess.Popen([sys.executable, "-c", code, *argv], env=env, preexec_fn=_die_with_parent)
-        rc = child.wait()
-        if rc in (0, 2, -signal.SIGINT, 128 + signal.SIGINT):  # done, explained, or stopped by the user
-            return rc
-        info = json.loads(Path(status).read_text() or "{}")
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        Path(status).unlink(missing_ok=True)
-    how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited with code {rc}"
-    if "run_dir" not in info:
-        print(f"error: the search's driver process {how} before its run directory existed; nothing was "
-              "written. Its output above says why.", file=sys.stderr)
-        return 2
-    from oesearch.results import read_journal
-
-    run_dir = Path(info["run_dir"])
-    rows = read_journal(run_dir / "journal.jsonl")
-    cause = ("Ray ends a driver this way when the cluster it joined shuts down or loses its head node"
-             if rc == 1 else "a kill from outside, such as the out-of-memory killer, does this")
-    print(f"error: the search's driver process {how} while running on {info['where']} ({cause}). Nothing finished "
-          f"is lost: {len(rows)} evaluations are in {run_dir / 'journal.jsonl'}. Continue it on a private Ray "
-          f"instance on this machine with: python oesearch/run.py --resume {run_dir} --address local "
-          "(or give --address of a live cluster instead of local).", file=sys.stderr)
-    return 2
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGKILL when the supervisor dies (Linux; elsewhere a no-op)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _write_failed(err: OSError, rundir) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -114,3 +115,29 @@ def analysis_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
         runs[(c["train"]["method"], c["search"]["mode"], c["search"]["strategy"])] = path
     assert set(runs) == set(ANALYSIS_RUNS)
     return runs
+
+
+@contextlib.contextmanager
+def ray_address_record_restored():
+    """Undo what ``ray.cluster_utils.Cluster`` does to ``/tmp/ray/ray_current_cluster``.
+
+    Cluster writes its head's address there "for convenience in unit testing",
+    so that every later ``ray.init()`` on this machine without an address, a
+    user's search included, joins it; once the test cluster is gone that record
+    points at nothing.  Put back what was there, unless someone else has since
+    written it.
+    """
+    from ray._private.utils import get_ray_address_file
+
+    record = Path(get_ray_address_file(None))
+    before = record.read_text() if record.exists() else None
+    written = []
+    try:
+        yield written.append  # the test names the address its cluster wrote
+    finally:
+        now = record.read_text().strip() if record.exists() else None
+        if now is not None and now in written:
+            if before is None:
+                record.unlink(missing_ok=True)
+            else:
+                record.write_text(before)

@@ -157,8 +157,8 @@ def test_compare_table_in_table_3_layout(analysis_runs) -> None:
     runs = load_runs(analysis_runs.values())
     table = compare_table(runs)
     assert list(table.index) == ["Best OE", "Worst OE", "Best OE (random search)"]
-    assert list(table.columns) == [("tiny", "HSC", "search"), ("tiny", "HSC", "validated"),
-                                   ("tiny", "BCE", "search"), ("tiny", "BCE", "validated")]
+    assert list(table.columns) == [("tiny", "HSC", "search"), ("tiny", "HSC", "validated"), ("tiny", "HSC", "runs"),
+                                   ("tiny", "BCE", "search"), ("tiny", "BCE", "validated"), ("tiny", "BCE", "runs")]
     row_of = {("best", "evolution"): "Best OE", ("worst", "evolution"): "Worst OE", ("best", "random"): "Best OE (random search)"}
     for (method, mode, strategy), path in analysis_runs.items():
         top = json.loads((path / "summary.json").read_text())["top"][0]
@@ -166,6 +166,8 @@ def test_compare_table_in_table_3_layout(analysis_runs) -> None:
         assert table.loc[row, ("tiny", method.upper(), "search")] == pytest.approx(100 * top["search_fitness"])
         assert table.loc[row, ("tiny", method.upper(), "validated")] == pytest.approx(100 * top["validated_fitness"])
     assert math.isnan(table.loc["Best OE (random search)", ("tiny", "BCE", "search")])  # no such run
+    assert table.loc["Best OE", ("tiny", "HSC", "runs")] == 1  # each cell says how many runs it averages
+    assert table.loc["Best OE (random search)", ("tiny", "BCE", "runs")] == 0
 
 
 def test_find_runs(analysis_runs, tmp_path, monkeypatch) -> None:

@@ -51,7 +51,9 @@ def test_partial_run_from_journal_and_checkpoint(killed_run: Path, analysis_runs
     run = load_run(killed_run)
     rows = read_journal(killed_run / "journal.jsonl")
     assert not run.finished
-    assert run.status() == f"partial: generation 2 of 3 reached, 2 finished, {len(rows)} trainings so far"
+    assert run.state == "stopped", "its driver was killed"
+    assert run.status() == (f"stopped at generation 2 of 3: 2 finished, {len(rows)} trainings so far "
+                            f"(resume with python oesearch/run.py --resume {killed_run})")
 
     # Generations 0 and 1 (from the checkpoint) equal the uninterrupted run's: same seed, same search.
     finished = pd.read_csv(analysis_runs[("hsc", "worst", "evolution")] / "generations.csv")
@@ -93,7 +95,7 @@ def test_report_from_the_journal_alone(killed_run: Path, tmp_path: Path) -> None
     assert [t["indices"] for t in run.hall_of_fame] == [t["indices"] for t in load_run(killed_run).hall_of_fame]
     assert report_main([str(copy)]) == 0
     html = (copy / "report.html").read_text()
-    assert "partial: generation 2 of 3 reached, 0 finished" in html
+    assert f"stopped at generation 2 of 3: 0 finished, {len(run.rows)} trainings so far (resume with " in html
     assert len(images_of(html)) == 4
 
 

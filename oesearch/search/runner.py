@@ -220,7 +220,7 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
         progress=progress,
     )
     log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
-        f"{config.search.population}, {config.search.generations} generations, {len(dispatcher.slots)} "
+        f"{config.search.population}, the initial generation plus {config.search.generations}, {len(dispatcher.slots)} "
         f"{device_kind} workers; run id {rundir.path.name}")
     evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=after_generation, log=log)
     try:
