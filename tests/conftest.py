@@ -93,6 +93,20 @@ def kill_group(proc: subprocess.Popen) -> None:
     time.sleep(1.0)
 
 
+@pytest.fixture(scope="session")
+def killed_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """The analysis fixture's HSC worst search, SIGKILLed once generation 2 has begun (read it, or copy it
+    before changing it: the report and robustness tests share it)."""
+    work = tmp_path_factory.mktemp("killed")
+    config = write_config(work / "tiny.yaml", tiny_config(cache_dir))
+    run_dir, rows = kill_at_generation(["--config", str(config), "--method", "hsc", "--mode", "worst",
+                                        "--out", str(work / "runs")], cwd=work, out=work / "runs", generation=2,
+                                       log=work / "killed.log")
+    assert rows is not None, (work / "killed.log").read_text()
+    assert not (run_dir / "summary.json").exists()
+    return run_dir
+
+
 # The runs the analysis views compare: HSC and BCE, best and worst, and a random search (Appendix D).
 ANALYSIS_RUNS = (("hsc", "best", "evolution"), ("bce", "best", "evolution"), ("hsc", "worst", "evolution"),
                  ("bce", "worst", "evolution"), ("hsc", "best", "random"))

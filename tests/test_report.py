@@ -14,25 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import RUN_PY, kill_at_generation, tiny_config, write_config
+from conftest import RUN_PY
 from oesearch.analysis import journal_generation_stats, load_run
 from oesearch.analysis.html_report import main as report_main
 from oesearch.results import read_journal
 
 IMG = re.compile(r"<img\b[^>]*>")
-
-
-@pytest.fixture(scope="module")
-def killed_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """The analysis fixture's HSC worst search, SIGKILLed once generation 2 has begun."""
-    work = tmp_path_factory.mktemp("killed")
-    config = write_config(work / "tiny.yaml", tiny_config(cache_dir))
-    run_dir, rows = kill_at_generation(["--config", str(config), "--method", "hsc", "--mode", "worst",
-                                        "--out", str(work / "runs")], cwd=work, out=work / "runs", generation=2,
-                                       log=work / "killed.log")
-    assert rows is not None, (work / "killed.log").read_text()
-    assert not (run_dir / "summary.json").exists()
-    return run_dir
 
 
 def report(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import (RUN_PY, kill_at_generation, kill_group, ray_address_record_restored, run_cli, start_cli,
+from conftest import (RUN_PY, kill_group, ray_address_record_restored, run_cli, start_cli,
                       tiny_config, write_config)
 from test_cluster import assert_exactly_once, only_run, wait_for
 from oesearch.analysis import load_run
@@ -144,29 +144,10 @@ def test_a_full_disk_stops_with_a_message_and_loses_nothing(full_disk, tmp_path:
 
 
 # --- a corrupt checkpoint and a torn journal line ---------------------------------------------------------------
-@pytest.fixture(scope="module")
-def killed_in_generation_2(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    work = tmp_path_factory.mktemp("killed")
-    config = write_config(work / "tiny.yaml", tiny_config(cache_dir))
-    run_dir, rows = kill_at_generation(["--config", str(config), "--method", "hsc", "--mode", "worst",
-                                        "--out", str(work / "runs")], cwd=work, out=work / "runs", generation=2,
-                                       log=work / "killed.log")
-    assert rows is not None, (work / "killed.log").read_text()
-    return run_dir
-
-
-def test_a_dead_run_says_where_it_stopped_and_how_to_resume(killed_in_generation_2: Path) -> None:
-    run = load_run(killed_in_generation_2)
-    rows = read_journal(killed_in_generation_2 / "journal.jsonl")
-    assert run.state == "stopped"
-    assert run.status() == (f"stopped at generation 2 of 3: 2 finished, {len(rows)} trainings so far "
-                            f"(resume with python oesearch/run.py --resume {killed_in_generation_2})")
-
-
 def test_corrupt_checkpoint_and_torn_journal_line_are_reported_and_replayed(
-        killed_in_generation_2: Path, tmp_path: Path, analysis_runs) -> None:
-    run_dir = tmp_path / killed_in_generation_2.name
-    shutil.copytree(killed_in_generation_2, run_dir)
+        killed_run: Path, tmp_path: Path, analysis_runs) -> None:
+    run_dir = tmp_path / killed_run.name
+    shutil.copytree(killed_run, run_dir)
     checkpoint = (run_dir / "checkpoint.pkl").read_bytes()
     truncated = checkpoint[: len(checkpoint) // 2]
     (run_dir / "checkpoint.pkl").write_bytes(truncated)
