@@ -18,6 +18,7 @@ import yaml
 
 from oesearch.config import METHODS, ConfigError, apply_overrides, config_from_dict, config_to_dict, read_yaml
 from oesearch.data import DataError
+from oesearch.supervisor import supervise, supervised, tell_supervisor
 
 __all__ = ["build_parser", "build_evaluate_parser", "resolve_config", "main", "evaluate_main"]
 
@@ -42,7 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set search.population=32 (repeatable)")
     p.add_argument("--seed", type=int, help="run seed (run.seed); every random number descends from it")
     p.add_argument("--out", help="parent folder for run directories (run.out)")
-    p.add_argument("--address", help="Ray cluster address, e.g. 'auto' on a head node (run.address; RAY_ADDRESS also works)")
+    p.add_argument("--address", metavar="local|auto|HOST:PORT",
+                   help="which Ray to run on (run.address): 'local' starts a private instance that ends with the run; "
+                   "'auto' or HOST:PORT joins that cluster. Without it: RAY_ADDRESS if set, else the cluster that "
+                   "`ray start` recorded on this machine (a head node, as with `ray submit`), else a private "
+                   "instance. The first line after the data says which it joined")
     p.add_argument("--storage", help="shared storage for the run directory: a path, or a URI such as s3://bucket/runs "
                    "(run.storage)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its journal and checkpoint")
@@ -81,9 +86,12 @@ def evaluate_main(argv: list[str]) -> int:
     """``oesearch evaluate``: a table, then one JSON line last."""
     args = build_evaluate_parser().parse_args(argv)
     from oesearch.results import RunDir
+    from oesearch.results.rundir import RunBusy
     from oesearch.results.storage import run_parent
+    from oesearch.search.cluster import ClusterLost
     from oesearch.search.evaluate import REQUEST, format_table, prepare_evaluation, results_line, run_evaluation
 
+    rundir = None
     try:
         if args.resume:
             rundir = RunDir.existing(Path(args.resume))
@@ -99,10 +107,18 @@ def evaluate_main(argv: list[str]) -> int:
                 raise ConfigError("name the OE images to evaluate: --indices I [I ...] or --images FILE [FILE ...]")
             evaluation = prepare_evaluation(config, args.indices, args.images, args.seeds)  # before any file
             label = f"{config.name}-{config.train.method}-evaluate-c{config.data.normal_class}-s{config.run.seed}"
-            rundir = RunDir.create(run_parent(config.run.out, config.run.storage), label)
+            parent = run_parent(config.run.out, config.run.storage)
+            try:
+                rundir = RunDir.create(parent, label)
+            except OSError as err:
+                raise ConfigError(f"cannot create a run directory under {parent}: {err.strerror or err}. "
+                                  "Give a folder you can write to with --out DIR (or --storage).") from None
         summary = run_evaluation(config, rundir, evaluation, progress=not args.no_progress)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write failed mid-run: disk full, file system gone read-only...
+        print(f"error: {_write_failed(err, rundir, 'python oesearch/run.py evaluate')}", file=sys.stderr)
         return 2
     print(rundir.path)
     print(format_table(summary))
@@ -128,6 +144,9 @@ def resolve_config(args: argparse.Namespace):
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and sys.argv[1:2] not in (["report"], ["benchmark"]) and not supervised() \
+            and not {"-h", "--help"} & set(sys.argv[1:]):
+        return supervise(sys.argv[1:])  # from the command line: the search runs in a driver process of its own
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["report"]:  # `oesearch report RUN_DIR...`; every other use is the search itself
         from oesearch.analysis.html_report import main as report_main
@@ -141,9 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         return benchmark_main(argv[1:])
     args = build_parser().parse_args(argv)
     from oesearch.results import RunDir
+    from oesearch.results.rundir import RunBusy
     from oesearch.results.storage import run_parent
+    from oesearch.search.cluster import ClusterLost, connect
     from oesearch.search.runner import prepare, run_search
 
+    rundir = None
     try:
         if args.resume:
             rundir = RunDir.existing(Path(args.resume))
@@ -157,17 +179,47 @@ def main(argv: list[str] | None = None) -> int:
         else:
             config, rundir = resolve_config(args), None
         data = prepare(config)  # bad data or values fail here, before a run directory exists
-        if rundir is None:
+        fresh = rundir is None
+        if fresh:
             label = f"{config.name}-{config.train.method}-{config.search.mode}-c{config.data.normal_class}-s{config.run.seed}"
             if config.search.strategy == "random":
                 label += "-random"
-            rundir = RunDir.create(run_parent(config.run.out, config.run.storage), label)
+            parent = run_parent(config.run.out, config.run.storage)
+            try:
+                rundir = RunDir.create(parent, label)
+            except OSError as err:
+                raise ConfigError(f"cannot create a run directory under {parent}: {err.strerror or err}. "
+                                  "Give a folder you can write to with --out DIR (or --storage).") from None
+        try:
+            cluster = connect(config.run.address, print)  # the line says which Ray it runs on
+        except ClusterLost:
+            if fresh:
+                rundir.path.rmdir()  # still empty: a run that never started leaves nothing behind
+            raise
+        tell_supervisor(rundir, cluster)
         run_search(config, rundir, data=data, progress=not args.no_progress)
-    except (ConfigError, DataError, FileNotFoundError) as err:
+    except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write failed mid-run: disk full, file system gone read-only...
+        print(f"error: {_write_failed(err, rundir)}", file=sys.stderr)
         return 2
     print(rundir.path)
     return 0
+
+
+def _write_failed(err: OSError, rundir, command: str = "python oesearch/run.py") -> str:
+    """One paragraph: which write failed, what is safe, and the command that continues."""
+    import errno
+
+    what = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "a write failed"
+    where = f" writing {err.filename}" if err.filename else ""
+    if rundir is None or not rundir.path.exists():
+        return f"{what}{where} ({err.strerror or err}); nothing was written. Free space or fix the folder, then run again."
+    rows = rundir.journal_rows()
+    return (f"{what}{where} ({err.strerror or err}). Nothing already written is lost: {len(rows)} finished "
+            f"evaluations are in {rundir.file(rundir.journal_name)}. Free space (or make {rundir.path.parent} "
+            f"writable), then continue with: {command} --resume {rundir.path}")
 
 
 if __name__ == "__main__":

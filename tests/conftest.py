@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -110,6 +111,20 @@ def kill_group(proc: subprocess.Popen) -> None:
     time.sleep(1.0)
 
 
+@pytest.fixture(scope="session")
+def killed_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
+    """The analysis fixture's HSC worst search, SIGKILLed once generation 2 has begun (read it, or copy it
+    before changing it: the report and robustness tests share it)."""
+    work = tmp_path_factory.mktemp("killed")
+    config = write_config(work / "tiny.yaml", tiny_config(cache_dir))
+    run_dir, rows = kill_at_generation(["--config", str(config), "--method", "hsc", "--mode", "worst",
+                                        "--out", str(work / "runs")], cwd=work, out=work / "runs", generation=2,
+                                       log=work / "killed.log")
+    assert rows is not None, (work / "killed.log").read_text()
+    assert not (run_dir / "summary.json").exists()
+    return run_dir
+
+
 # The runs the analysis views compare: HSC and BCE, best and worst, and a random search (Appendix D).
 ANALYSIS_RUNS = (("hsc", "best", "evolution"), ("bce", "best", "evolution"), ("hsc", "worst", "evolution"),
                  ("bce", "worst", "evolution"), ("hsc", "best", "random"))
@@ -132,3 +147,29 @@ def analysis_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
         runs[(c["train"]["method"], c["search"]["mode"], c["search"]["strategy"])] = path
     assert set(runs) == set(ANALYSIS_RUNS)
     return runs
+
+
+@contextlib.contextmanager
+def ray_address_record_restored():
+    """Undo what ``ray.cluster_utils.Cluster`` does to ``/tmp/ray/ray_current_cluster``.
+
+    Cluster writes its head's address there "for convenience in unit testing",
+    so that every later ``ray.init()`` on this machine without an address, a
+    user's search included, joins it; once the test cluster is gone that record
+    points at nothing.  Put back what was there, unless someone else has since
+    written it.
+    """
+    from ray._private.utils import get_ray_address_file
+
+    record = Path(get_ray_address_file(None))
+    before = record.read_text() if record.exists() else None
+    written = []
+    try:
+        yield written.append  # the test names the address its cluster wrote
+    finally:
+        now = record.read_text().strip() if record.exists() else None
+        if now is not None and now in written:
+            if before is None:
+                record.unlink(missing_ok=True)
+            else:
+                record.write_text(before)

@@ -157,8 +157,8 @@ def test_compare_table_in_table_3_layout(analysis_runs) -> None:
     runs = load_runs(analysis_runs.values())
     table = compare_table(runs)
     assert list(table.index) == ["Best OE", "Worst OE", "Best OE (random search)"]
-    assert list(table.columns) == [("tiny", "HSC", "search"), ("tiny", "HSC", "validated"),
-                                   ("tiny", "BCE", "search"), ("tiny", "BCE", "validated")]
+    assert list(table.columns) == [("tiny", "HSC", "search"), ("tiny", "HSC", "validated"), ("tiny", "HSC", "runs"),
+                                   ("tiny", "BCE", "search"), ("tiny", "BCE", "validated"), ("tiny", "BCE", "runs")]
     row_of = {("best", "evolution"): "Best OE", ("worst", "evolution"): "Worst OE", ("best", "random"): "Best OE (random search)"}
     for (method, mode, strategy), path in analysis_runs.items():
         top = json.loads((path / "summary.json").read_text())["top"][0]
@@ -166,6 +166,8 @@ def test_compare_table_in_table_3_layout(analysis_runs) -> None:
         assert table.loc[row, ("tiny", method.upper(), "search")] == pytest.approx(100 * top["search_fitness"])
         assert table.loc[row, ("tiny", method.upper(), "validated")] == pytest.approx(100 * top["validated_fitness"])
     assert math.isnan(table.loc["Best OE (random search)", ("tiny", "BCE", "search")])  # no such run
+    assert table.loc["Best OE", ("tiny", "HSC", "runs")] == 1  # each cell says how many runs it averages
+    assert table.loc["Best OE (random search)", ("tiny", "BCE", "runs")] == 0
 
 
 def test_find_runs(analysis_runs, tmp_path, monkeypatch) -> None:
@@ -184,3 +186,51 @@ def test_find_runs(analysis_runs, tmp_path, monkeypatch) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="OESEARCH_RUNS"):
         find_runs(str(tmp_path / "empty"))
+
+
+def _with_seed(run, seed: int):
+    """The same run as if it had been run with ``seed`` (what a second seed of one experiment looks like)."""
+    import dataclasses
+
+    config = run.config.model_copy(update={"run": run.config.run.model_copy(update={"seed": seed})})
+    return dataclasses.replace(run, config=config)
+
+
+def test_runs_that_differ_in_seed_say_so_and_averages_say_how_many(analysis_runs) -> None:
+    from oesearch.analysis.plots import diversity_figure, progress_figure
+    from oesearch.analysis.runs import RunImages, distinct_labels
+
+    hsc_worst = load_run(analysis_runs[("hsc", "worst", "evolution")])
+    runs = [hsc_worst, _with_seed(hsc_worst, 3)]
+    assert distinct_labels(runs) == ["HSC worst, seed 7", "HSC worst, seed 3"]
+    assert distinct_labels([hsc_worst, hsc_worst]) == [f"HSC worst, run {hsc_worst.path.name[:15]}"] * 2
+    (rows,) = best_worst_rows(runs).values()
+    assert [row.label.replace("\n", " ") for row in rows] == ["worst HSC seed 7", "worst HSC seed 3"]
+    legend = [t.get_text() for t in progress_figure(runs).axes[0].get_legend().get_texts()]
+    assert legend == ["HSC worst, seed 7", "HSC worst, seed 3"]
+    titles = [ax.get_title().splitlines()[0] for ax in fitness_curves(runs).axes if ax.get_title()]
+    assert titles == ["HSC worst, seed 7", "HSC worst, seed 3"]
+    blank = RunImages(np.zeros((1, 8, 8, 1), np.uint8), "8", np.zeros((10712, 8, 8, 1), np.uint8))
+    legend = [t.get_text() for t in diversity_figure(runs, images=[blank, blank]).axes[0].get_legend().get_texts()]
+    assert legend == ["HSC worst, seed 7", "HSC worst, seed 3"]
+    table = compare_table(runs)
+    top = hsc_worst.hall_of_fame[0]["search_fitness"]
+    assert table.loc["Worst OE", ("tiny", "HSC", "runs")] == 2, "the cell says it averages two runs"
+    assert table.loc["Worst OE", ("tiny", "HSC", "search")] == pytest.approx(100 * top)
+
+
+def test_a_run_stopped_before_its_first_training_draws_nothing(analysis_runs, tmp_path: Path) -> None:
+    """No NaN rows, no empty panels: only its status, which says how to resume."""
+    source = analysis_runs[("hsc", "worst", "evolution")]
+    run_dir = tmp_path / source.name
+    run_dir.mkdir()
+    for name in ("config.yaml", "driver.json", "driver.lock"):
+        shutil.copy(source / name, run_dir / name)
+    run = load_run(run_dir)
+    assert run.state == "stopped" and not run.rows
+    assert run.status() == f"stopped before its first training finished (resume with python oesearch/run.py --resume {run_dir})"
+    others = load_runs([analysis_runs[("hsc", "best", "evolution")]])
+    assert best_worst_rows([run, *others]).keys() == best_worst_rows(others).keys()
+    assert [len(r) for r in best_worst_rows([run, *others]).values()] == [1]
+    assert len([ax for ax in fitness_curves([run, *others]).axes if ax.get_title()]) == 1
+    assert compare_table([run, *others]).equals(compare_table(others))

@@ -9,7 +9,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import kill_group, start_cli, tiny_config, write_config
+from conftest import kill_group, ray_address_record_restored, start_cli, tiny_config, write_config
 from oesearch.results import read_journal
 from oesearch.search.fitness import job_key
 
@@ -108,14 +108,16 @@ def three_gpu_nodes():
     """
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 0, "include_dashboard": False,
-        "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                           "health_check_failure_threshold": 3}})
-    workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
-    cluster.wait_for_nodes()
-    yield cluster, workers
-    cluster.shutdown()
+    with ray_address_record_restored() as wrote:
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": 0, "include_dashboard": False,
+            "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                               "health_check_failure_threshold": 3}})
+        wrote(cluster.address)
+        workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
+        cluster.wait_for_nodes()
+        yield cluster, workers
+        cluster.shutdown()
 
 
 def node_running(pid: int, nodes) -> object:
@@ -158,6 +160,7 @@ def test_search_spreads_over_nodes_and_survives_losing_one(tmp_path: Path, cache
         kill_group(proc) if proc.poll() is None else None
     text = log.read_text()
     assert "3 gpu workers" in text, "one worker per fake GPU"
+    assert f"ray: joined the cluster at {cluster.address} (--address): 4 nodes, 3 GPUs, 3 CPUs" in text, text
     rows = assert_exactly_once(only_run(tmp_path / "runs"), config)
     before = {r["node"] for r in rows if r["generation"] == 0}
     after = {r["node"] for r in rows if r["purpose"] == "validate" or r["generation"] > removed_in}
@@ -176,20 +179,22 @@ def test_a_cpu_only_head_waits_for_gpu_nodes_before_sizing_workers() -> None:
 
     from oesearch.search.dispatch import plan_workers
 
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    ray.init(address=cluster.address, logging_level="ERROR")
-    try:
-        said, planned = [], []
-        planner = threading.Thread(target=lambda: planned.append(plan_workers(None, 0.5, wait_seconds=120, log=said.append)))
-        planner.start()
-        time.sleep(3.0)
-        assert planner.is_alive() and not planned, "nothing can host a worker yet: it waits"
-        cluster.add_node(num_cpus=4, num_gpus=2)  # Ray starts nodes from the main thread only
-        planner.join(timeout=120)
-        assert planned[0] == (4, {"num_cpus": 1, "num_gpus": 0.5}, "gpu"), "2 GPUs / 0.5 each, 4 CPUs"
-        assert said and "waiting for worker nodes" in said[0]
-        assert plan_workers(None, 0.25) == (4, {"num_cpus": 1, "num_gpus": 0.25}, "gpu"), "8 shares, but 4 CPUs"
-        assert plan_workers(12, 0.25)[0] == 12, "an explicit count may exceed the nodes: the rest wait for the autoscaler"
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with ray_address_record_restored() as wrote:
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        wrote(cluster.address)
+        ray.init(address=cluster.address, logging_level="ERROR")
+        try:
+            said, planned = [], []
+            planner = threading.Thread(target=lambda: planned.append(plan_workers(None, 0.5, wait_seconds=120, log=said.append)))
+            planner.start()
+            time.sleep(3.0)
+            assert planner.is_alive() and not planned, "nothing can host a worker yet: it waits"
+            cluster.add_node(num_cpus=4, num_gpus=2)  # Ray starts nodes from the main thread only
+            planner.join(timeout=120)
+            assert planned[0] == (4, {"num_cpus": 1, "num_gpus": 0.5}, "gpu"), "2 GPUs / 0.5 each, 4 CPUs"
+            assert said and "waiting for worker nodes" in said[0]
+            assert plan_workers(None, 0.25) == (4, {"num_cpus": 1, "num_gpus": 0.25}, "gpu"), "8 shares, but 4 CPUs"
+            assert plan_workers(12, 0.25)[0] == 12, "an explicit count may exceed the nodes: the rest wait for the autoscaler"
+        finally:
+            ray.shutdown()
+            cluster.shutdown()

@@ -2,6 +2,11 @@
 
 The search runs in this process on a private Ray instance, so the test can
 also read Ray's metrics endpoint and compare the counters with the journal.
+
+The hang blocks on a file the test creates only after the run, so it is a hang
+however slow the machine; ``eval_timeout`` is derived from one ordinary
+training timed here, first, on the same (possibly loaded) machine, so ordinary
+trainings are never killed as hung.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import ray
+import torch
 
 import faulty_worker
 from conftest import tiny_config
@@ -21,27 +27,49 @@ from oesearch.config import config_from_dict
 from oesearch.results import RunDir
 from oesearch.search.evolution import initial_indices
 from oesearch.search.fitness import job_key
-from oesearch.search.runner import prepare, run_search, search_seeds
+from oesearch.search.fitness import Job
+from oesearch.search.runner import prepare, run_search, search_seeds, worker_spec
+from oesearch.search.worker import FitnessWorkerBase
 
-EVAL_TIMEOUT = 4.0
 MAX_RETRIES = 1
+TIMEOUT_OVER_TRAINING = 10  # a training under the search's 2 workers may run several times slower than alone
+MIN_EVAL_TIMEOUT = 15.0
+
+
+def measured_eval_timeout(config, data) -> float:
+    """A timeout far above an ordinary training's time, as measured now on this machine."""
+    threads = torch.get_num_threads()
+    try:
+        worker = FitnessWorkerBase(data.task, worker_spec(config))  # one thread, as in a Ray worker
+        job = Job(config.data.normal_class, (0,), 0, "search", 0, 0)
+        start = time.perf_counter()
+        worker.evaluate(job, data.corpus.images[[0]])
+        return max(MIN_EVAL_TIMEOUT, TIMEOUT_OVER_TRAINING * (time.perf_counter() - start))
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
 def faulty_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path):
-    config = config_from_dict(tiny_config(cache_dir, population=6, generations=2)
-                              | {"run": {"workers": 2, "seed": 3, "max_retries": MAX_RETRIES,
-                                         "eval_timeout": EVAL_TIMEOUT, "address": "local"}})
-    data = prepare(config, log=lambda _: None)
+    base = tiny_config(cache_dir, population=6, generations=2) | {
+        "run": {"workers": 2, "seed": 3, "max_retries": MAX_RETRIES, "address": "local"}}
+    data = prepare(config_from_dict(base), log=lambda _: None)
+    eval_timeout = measured_eval_timeout(config_from_dict(base), data)
+    config = config_from_dict(base | {"run": {**base["run"], "eval_timeout": eval_timeout}})
     first = [int(i) for i in initial_indices(config.run.seed, len(data.corpus))[:3]]  # generation 0, slots 0-2
     faults = {"raise": first[0], "nan": first[1], "hang": first[2]}
     ray.cloudpickle.register_pickle_by_value(faulty_worker)  # workers cannot import the tests folder
     ray.init(address="local", include_dashboard=False, _system_config={"metrics_report_interval_ms": 500},
              logging_level="ERROR")
     try:
-        rundir = RunDir.create(tmp_path_factory.mktemp("faults"), "faulty")
-        worker = faulty_worker.faulty_worker_class({faults["raise"]}, {faults["nan"]}, {faults["hang"]})
-        summary = run_search(config, rundir, data=data, log=lambda _: None, progress=False, worker_class=worker)
+        work = tmp_path_factory.mktemp("faults")
+        rundir = RunDir.create(work, "faulty")
+        release = work / "release-hung-evaluations"
+        worker = faulty_worker.faulty_worker_class({faults["raise"]}, {faults["nan"]}, {faults["hang"]}, release)
+        try:
+            summary = run_search(config, rundir, data=data, log=lambda _: None, progress=False, worker_class=worker)
+        finally:
+            release.touch()  # a hung evaluation the dispatcher failed to kill would end now, not at shutdown
         yield config, faults, rundir, summary
     finally:
         ray.shutdown()
@@ -54,10 +82,11 @@ def _rows_for(rows: list[dict], index: int) -> list[dict]:
 @pytest.mark.parametrize("fault, reason", [
     ("raise", r"evaluation raised: RuntimeError\('injected failure for index \d+'\)"),
     ("nan", r"non-finite loss"),
-    ("hang", rf"timed out after {EVAL_TIMEOUT:g}s"),
+    ("hang", r"timed out after {eval_timeout:g}s"),
 ])
 def test_each_fault_is_retried_then_recorded_with_its_reason(faulty_run, fault: str, reason: str) -> None:
     config, faults, rundir, _ = faulty_run
+    reason = reason.replace("{eval_timeout:g}", re.escape(f"{config.run.eval_timeout:g}"))
     rows = _rows_for(rundir.journal_rows(), faults[fault])
     assert sorted(r["seed"] for r in rows) == sorted(search_seeds(config)), "one row per seed, none lost or doubled"
     for row in rows:

@@ -14,25 +14,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import RUN_PY, kill_at_generation, tiny_config, write_config
+from conftest import RUN_PY
 from oesearch.analysis import journal_generation_stats, load_run
 from oesearch.analysis.html_report import main as report_main
 from oesearch.results import read_journal
 
 IMG = re.compile(r"<img\b[^>]*>")
-
-
-@pytest.fixture(scope="module")
-def killed_run(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> Path:
-    """The analysis fixture's HSC worst search, SIGKILLed once generation 2 has begun."""
-    work = tmp_path_factory.mktemp("killed")
-    config = write_config(work / "tiny.yaml", tiny_config(cache_dir))
-    run_dir, rows = kill_at_generation(["--config", str(config), "--method", "hsc", "--mode", "worst",
-                                        "--out", str(work / "runs")], cwd=work, out=work / "runs", generation=2,
-                                       log=work / "killed.log")
-    assert rows is not None, (work / "killed.log").read_text()
-    assert not (run_dir / "summary.json").exists()
-    return run_dir
 
 
 def report(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -51,7 +38,9 @@ def test_partial_run_from_journal_and_checkpoint(killed_run: Path, analysis_runs
     run = load_run(killed_run)
     rows = read_journal(killed_run / "journal.jsonl")
     assert not run.finished
-    assert run.status() == f"partial: generation 2 of 3 reached, 2 finished, {len(rows)} trainings so far"
+    assert run.state == "stopped", "its driver was killed"
+    assert run.status() == (f"stopped at generation 2 of 3: 2 finished, {len(rows)} trainings so far "
+                            f"(resume with python oesearch/run.py --resume {killed_run})")
 
     # Generations 0 and 1 (from the checkpoint) equal the uninterrupted run's: same seed, same search.
     finished = pd.read_csv(analysis_runs[("hsc", "worst", "evolution")] / "generations.csv")
@@ -93,7 +82,7 @@ def test_report_from_the_journal_alone(killed_run: Path, tmp_path: Path) -> None
     assert [t["indices"] for t in run.hall_of_fame] == [t["indices"] for t in load_run(killed_run).hall_of_fame]
     assert report_main([str(copy)]) == 0
     html = (copy / "report.html").read_text()
-    assert "partial: generation 2 of 3 reached, 0 finished" in html
+    assert f"stopped at generation 2 of 3: 0 finished, {len(run.rows)} trainings so far (resume with " in html
     assert len(images_of(html)) == 4
 
 

@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
 from oesearch.analysis.plots import fmt, panels
-from oesearch.analysis.runs import Run
+from oesearch.analysis.runs import Run, distinct_labels
 
 __all__ = ["ancestry", "draw_genealogy", "genealogy_figure"]
 
@@ -63,10 +63,10 @@ def _layout(nodes: dict[int, int | None], edges: list[tuple[int, int]],
     return positions, labels, "generation of birth" if known else "depth below the best"
 
 
-def draw_genealogy(ax: Axes, run: Run, corpus: np.ndarray | None = None) -> None:
+def draw_genealogy(ax: Axes, run: Run, corpus: np.ndarray | None = None, label: str | None = None) -> None:
     """The ancestors of the run's best individual: images (or dots) with indices and fitness, founders on top."""
     genealogy = run.genealogy
-    ax.set_title(f"{run.label}: ancestors of hall-of-fame #1", fontsize=9)
+    ax.set_title(f"{label or run.label}: ancestors of hall-of-fame #1", fontsize=9)
     if not genealogy or not genealogy.get("hall_of_fame"):
         ax.axis("off")
         ax.text(0.5, 0.5, "no genealogy yet (before the first checkpoint)", ha="center", va="center")
@@ -103,13 +103,18 @@ def draw_genealogy(ax: Axes, run: Run, corpus: np.ndarray | None = None) -> None
 def genealogy_figure(runs: Sequence[Run], corpora: Sequence[np.ndarray | None] | None = None) -> Figure:
     """One genealogy tree per run (evolution runs; a random search has no parents to show)."""
     corpora = corpora if corpora is not None else [None] * len(runs)
-    rows = []
+    rows, widest = [], []
     for run in runs:
         if run.genealogy and run.genealogy.get("hall_of_fame"):
             root = int(run.genealogy["hall_of_fame"][0])
-            rows.append(len(_layout(*ancestry(run.genealogy, root), root)[1]))
-    fig, axes = panels(len(runs), width=5.5, height=1.2 + 0.45 * max(rows, default=4))
-    for ax, run, corpus in zip(axes, runs, corpora):
-        draw_genealogy(ax, run, corpus)
+            positions, labels, _ = _layout(*ancestry(run.genealogy, root), root)
+            rows.append(len(labels))
+            widest.append(max(sum(1 for p in positions.values() if p[1] == y) for y in range(len(labels))))
+    # Room for every node at its image's size: about an inch per node across (image plus caption), and a
+    # third of an inch per generation of birth; panels grow with the tree instead of crowding it.
+    fig, axes = panels(len(runs), width=max(5.5, 1.0 + 1.0 * max(widest, default=1)),
+                       height=1.2 + 0.45 * max(rows, default=4))
+    for ax, run, corpus, label in zip(axes, runs, corpora, distinct_labels(runs)):
+        draw_genealogy(ax, run, corpus, label)
     fig.tight_layout()
     return fig

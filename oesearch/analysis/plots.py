@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from scipy.spatial.distance import pdist
 
-from oesearch.analysis.runs import Run, RunImages, journal_generation_stats, run_images
+from oesearch.analysis.runs import Run, RunImages, distinct_labels, journal_generation_stats, run_images
 from oesearch.training.augment import frequency_filter
 from oesearch.results.figures import grid_figure
 
@@ -50,12 +50,17 @@ class GridRow:
 def best_worst_rows(runs: Sequence[Run], columns: int = 8) -> dict[tuple[str, int], list[GridRow]]:
     """Per (experiment name, normal class): one row per run, in the paper's order."""
     groups: dict[tuple[str, int], list[GridRow]] = {}
+    runs = [r for r in runs if r.hall_of_fame]  # a run with no finished individual has no row to show
+    seeds = {key: {r.config.run.seed for r in runs if (r.config.name, r.normal_class) == key}
+             for key in {(r.config.name, r.normal_class) for r in runs}}
     for run in sorted(runs, key=_order):
         top = run.hall_of_fame[:columns]
         captions = [f"search {fmt(t['search_fitness'])}\nvalid {fmt(t['validated_fitness'])}" for t in top]
         label = f"{run.mode}\n{run.method.upper()}" + ("\nrandom" if run.strategy == "random" else "")
+        if len(seeds[(run.config.name, run.normal_class)]) > 1:  # rows of one grid must not look alike
+            label += f"\nseed {run.config.run.seed}"
         if not run.finished:
-            label += "\n(partial)"
+            label += "\n(stopped)" if run.state == "stopped" else "\n(partial)"
         groups.setdefault((run.config.name, run.normal_class), []).append(
             GridRow(label, [list(t["indices"]) for t in top], captions))
     return groups
@@ -130,9 +135,9 @@ def fitness_curves(runs: Sequence[Run]) -> Figure:
     checkpoint's while a run is in progress); a partial run also shows the
     journal's best so far, which reaches into the generation still running.
     """
-    runs = sorted(runs, key=_order)
+    runs = sorted((r for r in runs if r.rows), key=_order)  # nothing to draw before the first training
     fig, axes = panels(len(runs))
-    for ax, run in zip(axes, runs):
+    for ax, run, title in zip(axes, runs, distinct_labels(runs)):
         book = run.logbook
         if len(book):
             ax.fill_between(book["gen"], book["min"], book["max"], alpha=0.2, color="C0")
@@ -142,7 +147,7 @@ def fitness_curves(runs: Sequence[Run]) -> Figure:
         if not run.finished:
             live = journal_generation_stats(run)
             ax.plot(live["gen"], live["best_so_far"], "--", color="C1", label="best so far (journal)")
-        ax.set_title(f"{run.label}\n{run.status()}", fontsize=9)
+        ax.set_title(f"{title}\n{run.status()}", fontsize=9)
         ax.set_xlabel("generation")
         ax.set_ylabel("fitness (test AUC)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -176,10 +181,10 @@ def diversity_figure(runs: Sequence[Run], images: Sequence[RunImages] | None = N
     images = images or [run_images(r) for r in runs]
     fig = Figure(figsize=(10, 3.4))
     left, right = fig.subplots(1, 2)
-    for run, imgs in zip(runs, images):
+    for run, imgs, label in zip(runs, images, distinct_labels(runs)):
         div = population_diversity(run, imgs.corpus)
-        left.plot(div["gen"], div["unique"], marker=".", label=run.label)
-        right.plot(div["gen"], div["mean_l2"], marker=".", label=run.label)
+        left.plot(div["gen"], div["unique"], marker=".", label=label)
+        right.plot(div["gen"], div["mean_l2"], marker=".", label=label)
     left.set(xlabel="generation", ylabel="unique individuals", title="population diversity: unique indices")
     right.set(xlabel="generation", ylabel="mean pairwise L2", title="population diversity: mean pairwise L2")
     for ax in (left, right):
@@ -194,10 +199,11 @@ def progress_figure(runs: Sequence[Run]) -> Figure:
     """Best fitness so far against trainings spent, per run: evolution against random search (Appendix D)."""
     fig = Figure(figsize=(6, 3.6))
     ax = fig.subplots()
-    for run in sorted(runs, key=_order):
-        stats = journal_generation_stats(run)
+    runs = sorted(runs, key=_order)
+    for run, label in zip(runs, distinct_labels(runs)):
+        stats = journal_generation_stats(run).dropna(subset=["best_so_far"])  # before any complete individual
         ax.plot(stats["trainings"], stats["best_so_far"], "--" if run.strategy == "random" else "-",
-                marker=".", label=run.label)
+                marker=".", label=label)
     ax.set(xlabel="trainings (search)", ylabel="best fitness so far (test AUC)",
            title="search progress: evolution vs random search")
     ax.title.set_fontsize(9)

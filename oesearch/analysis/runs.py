@@ -23,9 +23,10 @@ import pandas as pd
 
 from oesearch.config import Config, DataConfig, config_from_dict, read_yaml
 from oesearch.results import RunDir, search_fitness_table
+from oesearch.results.rundir import driver_state
 from oesearch.results.report import genealogy_dict
 
-__all__ = ["Run", "RunImages", "find_runs", "journal_generation_stats", "load_run", "load_runs", "run_images"]
+__all__ = ["Run", "RunImages", "distinct_labels", "find_runs", "journal_generation_stats", "load_run", "load_runs", "run_images"]
 
 
 @dataclass
@@ -38,6 +39,7 @@ class Run:
     summary: dict[str, Any] | None  # None while the run is in progress (or was killed)
     logbook: pd.DataFrame  # population statistics per finished generation (DEAP Logbook)
     genealogy: dict[str, Any] | None  # see oesearch.results.report.genealogy_dict
+    driver: dict[str, Any] | None = None  # unfinished runs: oesearch.results.rundir.driver_state
 
     @property
     def finished(self) -> bool:
@@ -105,14 +107,57 @@ class Run:
         """How many generations are complete (the logbook's length)."""
         return len(self.logbook)
 
+    @property
+    def state(self) -> str:
+        """``finished``, ``running`` (its driver holds the run), ``stopped`` (its driver died) or ``unknown``."""
+        if self.summary is not None:
+            return "finished"
+        return {"running": "running", "dead": "stopped"}.get((self.driver or {}).get("state"), "unknown")
+
+    @property
+    def resume_command(self) -> str:
+        return f"python oesearch/run.py --resume {self.path}"
+
     def status(self) -> str:
-        """One line: finished with its totals, or partial with how far it got."""
+        """One line: finished with its totals, running, or stopped with how far it got and how to resume.
+
+        Generations count as the CLI does: the initial generation (0) plus
+        ``search.generations``; "generation g of N" is generation g of 0..N.
+        """
         total = self.config.search.generations
         if self.summary is not None:
-            return (f"finished: {total + 1} generations, {self.summary['evaluations']} trainings, "
+            return (f"finished: initial generation plus {total}, {self.summary['evaluations']} trainings, "
                     f"{self.summary['wall_seconds']:.0f} s")
-        return (f"partial: generation {max(self.generation_reached, 0)} of {total} reached, "
-                f"{self.generations_finished} finished, {len(self.rows)} trainings so far")
+        g = max(self.generation_reached, 0)
+        progress = f"{self.generations_finished} finished, {len(self.rows)} trainings so far"
+        if self.state == "running":
+            return f"running: generation {g} of {total} in progress, {progress} (driver pid {self.driver.get('pid')})"
+        if self.state == "stopped":
+            if self.generation_reached < 0:
+                return f"stopped before its first training finished (resume with {self.resume_command})"
+            return f"stopped at generation {g} of {total}: {progress} (resume with {self.resume_command})"
+        return (f"partial: generation {g} of {total} reached, {progress} (running or stopped: "
+                "its driver cannot be checked from here)")
+
+
+def distinct_labels(runs: Sequence[Run]) -> list[str]:
+    """Each run's :attr:`Run.label`, plus whatever else tells these runs apart: experiment, class, seed,
+    and, for runs alike in all of those, the run directory's start time."""
+    names = {r.config.name for r in runs}
+    classes = {r.normal_class for r in runs}
+    seeds = {r.config.run.seed for r in runs}
+    labels = []
+    for run in runs:
+        extra = [run.config.name] if len(names) > 1 else []
+        extra += [f"class {run.normal_class}"] if len(classes) > 1 else []
+        extra += [f"seed {run.config.run.seed}"] if len(seeds) > 1 else []
+        labels.append(", ".join([run.label, *extra]))
+    for label in set(labels):
+        twins = [i for i, lab in enumerate(labels) if lab == label]
+        if len(twins) > 1:  # the same experiment run again: the directory name (its start time) tells them apart
+            for i in twins:
+                labels[i] = f"{label}, run {runs[i].path.name[:15]}"
+    return labels
 
 
 def _validated(rows: Sequence[dict[str, Any]], n_seeds: int) -> dict[tuple, tuple[float, float]]:
@@ -141,7 +186,8 @@ def load_run(path: str | Path) -> Run:
         state = rundir.load_checkpoint()
         if state is not None:
             logbook, genealogy = pd.DataFrame(state.logbook), genealogy_dict(state)
-    return Run(rundir.path, config, rows, summary, logbook, genealogy)
+    driver = driver_state(rundir.path) if summary is None else None
+    return Run(rundir.path, config, rows, summary, logbook, genealogy, driver)
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[Run]:

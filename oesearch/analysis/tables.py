@@ -41,7 +41,8 @@ def compare_table(runs: Sequence[Run]) -> pd.DataFrame:
     Rows: ``Best OE`` and ``Worst OE``, then the same for random search (the
     paper's Table 5) when such runs are given.  Columns: experiment, method
     (HSC, BCE), and the search fitness beside the fitness validated on fresh
-    seeds; each cell averages the rank-1 sample of the matching runs.
+    seeds; each cell averages the rank-1 sample of the matching runs, and the ``runs`` column beside
+    them says how many runs that is (runs of several seeds or classes are averaged; 0: no such run).
     """
     records = []
     for run in runs:
@@ -56,9 +57,16 @@ def compare_table(runs: Sequence[Run]) -> pd.DataFrame:
     if not records:
         return pd.DataFrame()
     frame = pd.DataFrame(records, columns=["row", "experiment", "method", "fitness", "auc"])
-    table = frame.pivot_table(index="row", columns=["experiment", "method", "fitness"], values="auc",
-                              aggfunc=lambda v: float(np.mean(v)), dropna=False)
+    columns = ["experiment", "method", "fitness"]
+    table = frame.pivot_table(index="row", columns=columns, values="auc", aggfunc=lambda v: float(np.mean(v)),
+                              dropna=False)
+    runs_of = frame[frame["fitness"] == "search"].assign(fitness="runs").groupby(["row", *columns]).size()
+    table = pd.concat([table, runs_of.unstack(columns).reindex(table.index)], axis=1)
     order = [r for r in ("Best OE", "Worst OE", "Best OE (random search)", "Worst OE (random search)") if r in table.index]
     methods = {"HSC": 0, "BCE": 1}
-    columns = sorted(table.columns, key=lambda c: (c[0], methods.get(c[1], 2), c[1], c[2] != "search"))
-    return table.loc[order, columns].rename_axis(index=None)
+    kinds = {"search": 0, "validated": 1, "runs": 2}
+    columns = sorted(table.columns, key=lambda c: (c[0], methods.get(c[1], 2), c[1], kinds[c[2]]))
+    table = table.loc[order, columns].rename_axis(index=None)
+    counts = [c for c in columns if c[2] == "runs"]
+    table[counts] = table[counts].fillna(0).astype(int)
+    return table

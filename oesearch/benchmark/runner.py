@@ -29,7 +29,8 @@ from oesearch.benchmark.worker import BenchmarkWorker
 from oesearch.config import Config, config_to_dict
 from oesearch.results.figures import save_png
 from oesearch.results.rundir import RunDir, atomic_write_bytes
-from oesearch.search.dispatch import Dispatcher, connect, plan_workers
+from oesearch.search.cluster import connect
+from oesearch.search.dispatch import Dispatcher, plan_workers
 from oesearch.search.runner import worker_spec
 
 __all__ = ["BenchDir", "Prepared", "prepare_benchmark", "run_benchmark", "write_results"]
@@ -89,7 +90,7 @@ def _dispatch(config: Config, benchdir: BenchDir, prepared: Prepared, todo: list
     from tqdm import tqdm
 
     r = config.run
-    connect(r.address)
+    connect(r.address, log)
     count, options, kind = plan_workers(r.workers, r.gpus_per_worker, log=log)
     count = min(count, len(todo))
     data_ref = ray.put(prepared.data)  # one copy of the stores in the object store, shared by every worker

@@ -73,15 +73,28 @@ def load_image_folder(
         raise DataError(f"image folder {root} {what}; {_EXPECTED}. {_HOW_TO_GET}")
     if per_class is not None and per_class < 1:
         raise ValueError(f"per_class must be a positive int or None, got {per_class!r}")
+    excluded = set(exclude)
     try:
-        excluded = set(exclude)
-        classes = [name for name in find_classes(root)[0] if name not in excluded]
-        if not classes:
-            raise FileNotFoundError(f"every class folder in {root} is excluded.")
-        samples = make_dataset(root, {name: i for i, name in enumerate(classes)}, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as err:
-        # torchvision says "no class folder" or "no valid file for the classes ...".
-        raise DataError(f"no images found under {root}: {err} {_EXPECTED}. {_HOW_TO_GET}") from err
+        found = find_classes(root)[0]
+    except FileNotFoundError:
+        raise DataError(f"no class folders under {root}: it must hold one sub-folder per class. "
+                        f"{_EXPECTED}. {_HOW_TO_GET}") from None
+    classes = [name for name in found if name not in excluded]
+    if not classes:
+        raise DataError(f"every class folder under {root} is excluded ({len(found)} found). "
+                        "Check the source's exclusion list against the folder names.")
+    samples = make_dataset(root, {name: i for i, name in enumerate(classes)}, extensions=IMG_EXTENSIONS,
+                           allow_empty=True)  # an empty class is named below, not folded into "no images"
+    counts = np.bincount([label for _, label in samples], minlength=len(classes))
+    empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    if len(empty) == len(classes):
+        raise DataError(f"no images found under {root}: its {len(classes)} class folders hold no image files. "
+                        f"{_EXPECTED}. {_HOW_TO_GET}")
+    if empty:
+        shown = ", ".join(str(root / name) for name in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        raise DataError(f"{len(empty)} of the {len(classes)} class folders under {root} hold no images: {shown}. "
+                        "Every class needs images in every split: fill those folders, or remove them from "
+                        "every split so that the classes still match.")
 
     paths = [Path(path) for path, _ in samples]
     labels = np.fromiter((label for _, label in samples), dtype=np.int64, count=len(samples))

@@ -70,7 +70,14 @@ def _task_arrays(train: ImageStore, test: ImageStore, normal: np.ndarray, test_k
     ``test_keep`` limits the test set to those classes (the split protocol); ``None`` keeps every class.
     """
     if train.class_names != test.class_names:
-        raise DataError("the train and test splits name different classes")
+        only_train = sorted(set(train.class_names) - set(test.class_names))
+        only_test = sorted(set(test.class_names) - set(train.class_names))
+        detail = "; ".join(part for part in (
+            f"only in train: {', '.join(only_train)}" if only_train else "",
+            f"only in test: {', '.join(only_test)}" if only_test else "",
+        ) if part) or "the same names in another order"
+        raise DataError(f"the train and test splits name different classes ({detail}). Each split needs the same "
+                        "class folders: add the missing ones, or remove the extra ones.")
     if train.image_shape != test.image_shape:
         raise DataError(f"train images are {train.image_shape} but test images are {test.image_shape}")
     is_normal = np.isin(train.labels, normal)

@@ -2,25 +2,39 @@
 
 ``journal.jsonl`` is append-only: each finished evaluation is one JSON line,
 flushed and fsynced before the search moves on, so a run killed at any moment
-loses at most the line being written (which the reader then ignores).
+loses at most the line being written (which the reader reports and skips; the
+torn bytes are kept in ``journal.jsonl.torn-N`` before the next append).
+
+``driver.lock`` is held (``flock``) by the driver for as long as it runs, and
+``driver.json`` says which process that is: a reader on the same machine can
+tell a live run from one whose driver died (:func:`driver_state`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
 import os
 import pickle
+import socket
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterator
 
-__all__ = ["RunDir", "atomic_write_bytes", "atomic_write_text", "read_journal"]
+__all__ = ["RunDir", "RunBusy", "atomic_write_bytes", "atomic_write_text", "driver_state", "read_journal",
+           "read_journal_checked"]
 
 JOURNAL = "journal.jsonl"
 CHECKPOINT = "checkpoint.pkl"
 CONFIG = "config.yaml"
+DRIVER_LOCK = "driver.lock"
+DRIVER = "driver.json"
+
+
+class RunBusy(RuntimeError):
+    """Another live driver holds this run directory."""
 
 
 def _json_default(value: Any) -> Any:
@@ -84,18 +98,65 @@ def _fsync_dir(directory: Path) -> None:
 
 def read_journal(path: Path) -> list[dict[str, Any]]:
     """Every complete row of a journal; a torn last line (a kill mid-write) is dropped."""
-    rows = []
+    return read_journal_checked(path)[0]
+
+
+def read_journal_checked(path: Path) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every complete row of a journal, and one sentence per line that was dropped and why.
+
+    A line cut short by a kill (no newline at the end of the file) or one that
+    is not JSON is skipped; the rows after a bad line in the middle still count.
+    """
+    rows: list[dict[str, Any]] = []
+    dropped: list[str] = []
     if not Path(path).exists():
-        return rows
+        return rows, dropped
     with open(path, "rb") as f:
-        for line in f:
+        for number, line in enumerate(f, start=1):
             if not line.endswith(b"\n"):
+                dropped.append(f"line {number} is torn ({len(line)} bytes without a newline: the driver was "
+                               "killed while writing it)")
                 break
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    return rows
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                dropped.append(f"line {number} is not valid JSON ({len(line)} bytes)")
+    return rows, dropped
+
+
+def _pid_started(pid: int) -> float | None:
+    """The start time of process ``pid`` in seconds since boot, from /proc (None where unreadable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def driver_state(path: Path) -> dict[str, Any]:
+    """Whether a run directory's driver is ``running``, ``dead`` or ``unknown``, with what ``driver.json`` says.
+
+    ``running``: the driver holds ``driver.lock``; ``dead``: nobody does (the
+    driver ended, was killed, or its machine went away); ``unknown``: a run
+    written before the lock existed, or one whose driver ran on another host
+    (file locks do not reliably cross machines).
+    """
+    path = Path(path)
+    info: dict[str, Any] = {}
+    try:
+        info = json.loads((path / DRIVER).read_text())
+    except (OSError, ValueError):
+        pass
+    lock = path / DRIVER_LOCK
+    if not lock.exists() or (info.get("host") and info["host"] != socket.gethostname()):
+        return {"state": "unknown", **info}
+    with open(lock, "rb") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return {"state": "running", **info}
+        fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    return {"state": "dead", **info}
 
 
 class RunDir:
@@ -106,6 +167,8 @@ class RunDir:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._journal = None
+        self._lock = None
+        self.dropped: list[str] = []  # journal lines the last read skipped, and why
 
     @classmethod
     def create(cls, parent: Path, label: str) -> "RunDir":
@@ -134,7 +197,8 @@ class RunDir:
 
     # journal --------------------------------------------------------------------
     def journal_rows(self) -> list[dict[str, Any]]:
-        return read_journal(self.file(self.journal_name))
+        rows, self.dropped = read_journal_checked(self.file(self.journal_name))
+        return rows
 
     def append(self, row: dict[str, Any]) -> None:
         """Append one row durably (write, flush, fsync)."""
@@ -153,6 +217,9 @@ class RunDir:
         data = path.read_bytes()
         keep = data.rfind(b"\n") + 1
         if keep != len(data):
+            torn = next(self.file(f"{path.name}.torn-{n}") for n in range(1, 10**6)
+                        if not self.file(f"{path.name}.torn-{n}").exists())
+            atomic_write_bytes(torn, data[keep:])  # cut from the journal, never thrown away
             with open(path, "r+b") as f:
                 f.truncate(keep)
                 os.fsync(f.fileno())
@@ -162,22 +229,58 @@ class RunDir:
             self._journal.close()
             self._journal = None
 
+    # driver ----------------------------------------------------------------------
+    def claim(self) -> None:
+        """Hold ``driver.lock`` until :meth:`release` or this process ends; fail if a live driver holds it."""
+        lock = open(self.file(DRIVER_LOCK), "ab")
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            other = driver_state(self.path)
+            raise RunBusy(f"{self.path} is being run by another driver (pid {other.get('pid', '?')} on "
+                          f"{other.get('host', '?')}, started {other.get('started', '?')}); wait for it to finish, "
+                          "or stop it, before resuming this run") from None
+        self._lock = lock
+        self.write_json(DRIVER, {"pid": os.getpid(), "host": socket.gethostname(),
+                                 "pid_started": _pid_started(os.getpid()),
+                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+
+    def release(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file drops the lock
+            self._lock = None
+
     # checkpoint ------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
         atomic_write_bytes(self.file(CHECKPOINT), pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL))
 
-    def load_checkpoint(self) -> dict[str, Any] | None:
+    def load_checkpoint(self, log=None) -> dict[str, Any] | None:
         """The last checkpoint, or None before the first generation finished.
 
         The file is this project's own (written by :meth:`save_checkpoint`);
         it is unpickled because it holds DEAP objects (hall of fame, logbook,
-        history) that have no other faithful serialisation.
+        history) that have no other faithful serialisation.  With ``log``, an
+        unreadable checkpoint is moved aside to ``checkpoint.pkl.corrupt-N``
+        (kept, not deleted), ``log`` says so, and None is returned: the journal
+        alone replays the run.  Without it, the error propagates.
         """
         path = self.file(CHECKPOINT)
         if not path.exists():
             return None
-        with open(path, "rb") as f:
-            return pickle.load(f)
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f)
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError,
+                ValueError) as err:
+            if log is None:
+                raise
+            aside = next(self.file(f"{CHECKPOINT}.corrupt-{n}") for n in range(1, 10**6)
+                         if not self.file(f"{CHECKPOINT}.corrupt-{n}").exists())
+            os.replace(path, aside)
+            log(f"warning: {path} is unreadable ({type(err).__name__}: {err}); moved it to {aside.name} and "
+                "replaying the run from the journal instead (finished evaluations are not retrained)")
+            return None
 
     def write_text(self, name: str, text: str) -> Path:
         atomic_write_text(self.file(name), text)

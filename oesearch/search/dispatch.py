@@ -36,20 +36,12 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
-__all__ = ["DispatchJob", "Dispatcher", "connect", "plan_workers"]
+__all__ = ["DispatchJob", "Dispatcher", "WorkersLost", "plan_workers"]
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between jobs
 _STALL_LOG_SECONDS = 60.0  # how often to say so while no worker is ready (e.g. the autoscaler is adding nodes)
-
-
-def connect(address: str | None) -> None:
-    """Join the cluster at ``address``; else ``RAY_ADDRESS``; else a cluster started on this machine
-    with ``ray start``; else start a local instance.  ``"local"`` always starts a private instance."""
-    if ray.is_initialized():
-        return
-    ray.init(address=address or None, log_to_driver=True, configure_logging=True, logging_level="WARNING")
 
 
 def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: float = 900.0,
@@ -83,6 +75,10 @@ def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: floa
             log("waiting for worker nodes to join the cluster (no node can host a fitness worker yet)")
             said = True
         time.sleep(2.0)
+
+
+class WorkersLost(RuntimeError):
+    """No worker can be started any more (the cluster is gone or has no room)."""
 
 
 class DispatchJob(Protocol):
@@ -167,7 +163,7 @@ class Dispatcher:
         failures = old.start_failures + 1 if start_failed else 0
         if failures >= self.max_start_failures:
             if not any(s.usable for s in self.slots):
-                raise RuntimeError(f"fitness workers fail to start ({failures} times in a row); see the worker logs above")
+                raise WorkersLost(f"fitness workers fail to start ({failures} times in a row); see the worker logs above")
             log.warning("worker slot %d failed to start %d times; going on without it", i, failures)
             old.retired, old.ready_ref = True, None
             return

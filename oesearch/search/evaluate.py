@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import ray
 import yaml
 
 from oesearch.config import Config, ConfigError, config_to_dict
@@ -23,11 +24,12 @@ from oesearch.data import DataError, OneVsRest, conform, load_corpus
 from oesearch.data.folders import decode_images
 from oesearch.results import RunDir
 from oesearch.results.rundir import to_json
-from oesearch.search.dispatch import connect
+from oesearch.search.cluster import ClusterLost, cluster_info, connect, current_cluster
+from oesearch.search.dispatch import WorkersLost
 from oesearch.search.fitness import FitnessCache
 from oesearch.search.metrics import RunMetrics
 from oesearch.search.problem import FitnessProblem
-from oesearch.search.runner import load_task, make_dispatcher
+from oesearch.search.runner import load_task, make_dispatcher, stopped_message
 from oesearch.search.worker import FitnessWorker
 from oesearch.seeding import derive_seed
 
@@ -116,10 +118,13 @@ def run_evaluation(config: Config, rundir: RunDir, evaluation: Evaluation, log: 
         rundir.write_json(REQUEST, {"indices": list(indices) if indices else None,
                                     "images": [str(Path(p).resolve()) for p in images] if images else None,
                                     "seeds": evaluation.seed_count})
-    connect(config.run.address)
+    connect(config.run.address, log)
+    cluster = current_cluster() or cluster_info(joined=True, source="Ray initialised by the caller")
     dispatcher, kind = make_dispatcher(config, task, pool, rundir.path.name, worker_class, log)
     metrics = RunMetrics(rundir.path.name, config.train.method, "evaluate")
     rows = rundir.journal_rows()
+    for problem in rundir.dropped:
+        log(f"warning: {rundir.file(rundir.journal_name)}: {problem}; skipped it, so that training runs again")
     if rows:
         log(f"resuming: {len(rows)} finished trainings in the journal")
 
@@ -134,9 +139,15 @@ def run_evaluation(config: Config, rundir: RunDir, evaluation: Evaluation, log: 
         f"{task.normal_class} ({task.class_name}), {len(dispatcher.slots)} {kind} workers; run id {rundir.path.name}")
     try:
         scores = problem.scores([[p] for p in positions], seed_values, "evaluate")
+    except (WorkersLost, ray.exceptions.RaySystemError, ConnectionError) as err:
+        rundir.close()
+        raise ClusterLost(stopped_message(cluster, rundir, err, "python oesearch/run.py evaluate")) from err
     finally:
         rundir.close()
-        dispatcher.shutdown()
+        try:
+            dispatcher.shutdown()
+        except Exception:  # noqa: BLE001  a cluster that went away cannot kill its actors; nothing to do
+            pass
     results = []
     for n, (position, aucs) in enumerate(zip(positions, scores)):
         mean, sd = _mean_sd(aucs)

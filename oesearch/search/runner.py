@@ -13,11 +13,12 @@ import yaml
 
 from oesearch.config import Config, ConfigError, config_to_dict
 from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
+from oesearch.models import resolve_setup
 from oesearch.results import RunDir, write_outputs
 from oesearch.results.storage import Mirror, is_uri
-from oesearch.models import resolve_setup
 from oesearch.search.bounds import auto_bound_dims
-from oesearch.search.dispatch import Dispatcher, connect, plan_workers
+from oesearch.search.cluster import ClusterLost, cluster_info, connect, current_cluster
+from oesearch.search.dispatch import Dispatcher, WorkersLost, plan_workers
 from oesearch.search.evolution import Evolution, EvolutionState
 from oesearch.search.fitness import FitnessCache, Job
 from oesearch.search.metrics import RunMetrics
@@ -149,6 +150,19 @@ def make_dispatcher(config: Config, task: OneVsRest, images: np.ndarray, run_id:
     return dispatcher, kind
 
 
+def stopped_message(cluster, rundir: RunDir, err: BaseException, command: str = "python oesearch/run.py") -> str:
+    """What happened to the cluster and the exact command (``command --resume RUN_DIR``) that continues the run."""
+    rows = rundir.journal_rows()
+    state = rundir.load_checkpoint(log=lambda _: None)
+    done = f"checkpoint after generation {state.generation}" if state is not None else "no checkpoint yet"
+    where = cluster.where() if cluster is not None else "the Ray cluster"
+    return (f"{where} stopped serving this run ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
+            f"Nothing finished is lost: {len(rows)} evaluations are in {rundir.file(rundir.journal_name)} "
+            f"({done}). Continue it on a private Ray instance on this machine with: "
+            f"{command} --resume {rundir.path} --address local "
+            "(or give --address of a live cluster instead of local).")
+
+
 def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
     """Load the data and check the config against it, before anything is written."""
     data = load_search_data(config, log)
@@ -165,18 +179,30 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
     :class:`~oesearch.search.worker.FitnessWorkerBase` wrapped by ``ray.remote``.
     """
     wall_start = time.perf_counter()
-    state = rundir.load_checkpoint()
+    rundir.claim()  # one driver per run directory; readers can tell a live run from a dead one
+    try:
+        return _run_claimed(config, rundir, data, log, progress, worker_class, wall_start)
+    finally:
+        rundir.release()
+
+
+def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: Callable[[str], None],
+                 progress: bool, worker_class: Any, wall_start: float) -> dict[str, Any]:
+    state = rundir.load_checkpoint(log=log)
     earlier_seconds = state.elapsed if state is not None else 0.0  # time spent before a kill
     if not rundir.file("config.yaml").exists():
         rundir.write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     data = data or prepare(config, log)
     mirror = Mirror(config.run.storage, rundir.path) if config.run.storage and is_uri(config.run.storage) else None
 
-    connect(config.run.address)
+    connect(config.run.address, log)
+    cluster = current_cluster() or cluster_info(joined=True, source="Ray initialised by the caller")
     dispatcher, device_kind = make_dispatcher(config, data.task, data.corpus.images, rundir.path.name, worker_class,
                                               log)
     metrics = RunMetrics(rundir.path.name, config.train.method, config.search.mode)
     rows = rundir.journal_rows()
+    for problem in rundir.dropped:
+        log(f"warning: {rundir.file(rundir.journal_name)}: {problem}; skipped it, so that evaluation runs again")
     if rows or state is not None:
         log(f"resuming: {len(rows)} finished evaluations in the journal, "
             f"checkpoint after generation {state.generation if state else 'none'}")
@@ -204,15 +230,21 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
         progress=progress,
     )
     log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
-        f"{config.search.population}, {config.search.generations} generations, {len(dispatcher.slots)} "
+        f"{config.search.population}, the initial generation plus {config.search.generations}, {len(dispatcher.slots)} "
         f"{device_kind} workers; run id {rundir.path.name}")
     evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=after_generation, log=log)
     try:
         state = evolution.run(state)
         validated = problem.validate([list(ind) for ind in state.hall_of_fame])
+    except (WorkersLost, ray.exceptions.RaySystemError, ConnectionError) as err:
+        rundir.close()
+        raise ClusterLost(stopped_message(cluster, rundir, err)) from err
     finally:
         rundir.close()
-        dispatcher.shutdown()
+        try:
+            dispatcher.shutdown()
+        except Exception:  # noqa: BLE001  a cluster that went away cannot kill its actors; nothing to do
+            pass
     summary = write_outputs(
         rundir,
         config=config,
