@@ -23,6 +23,23 @@ from oesearch.supervisor import supervise, supervised, tell_supervisor
 __all__ = ["build_parser", "build_evaluate_parser", "resolve_config", "main", "evaluate_main"]
 
 
+def _run_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """The arguments every run shares: what to run (--config, --set, --seed) and where (--out, --address...)."""
+    p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set search.population=32 (repeatable)")
+    p.add_argument("--seed", type=int, help=f"run seed (run.seed); {seed_help}")
+    p.add_argument("--out", help="parent folder for run directories (run.out)")
+    p.add_argument("--address", metavar="local|auto|HOST:PORT",
+                   help="which Ray to run on (run.address): 'local' starts a private instance that ends with the run; "
+                   "'auto' or HOST:PORT joins that cluster. Without it: RAY_ADDRESS if set, else the cluster that "
+                   "`ray start` recorded on this machine (a head node, as with `ray submit`), else a private "
+                   "instance. The first line after the data says which it joined")
+    p.add_argument("--storage", help="shared storage for the run directory: a path, or a URI such as s3://bucket/runs "
+                   "(run.storage)")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="oesearch",
@@ -34,24 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "`oesearch evaluate --indices I... | --images FILE...` scores given OE images over N seeds "
         "(see `oesearch evaluate --help`).",
     )
-    p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
     p.add_argument("--method", choices=list(METHODS),
                    help="objective (train.method); the CLIP methods need train.clip.weights")
     p.add_argument("--mode", choices=["best", "worst"], help="search for the best or the worst OE samples (search.mode)")
     p.add_argument("--strategy", choices=["evolution", "random"], help="evolution, or the random-search baseline")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set search.population=32 (repeatable)")
-    p.add_argument("--seed", type=int, help="run seed (run.seed); every random number descends from it")
-    p.add_argument("--out", help="parent folder for run directories (run.out)")
-    p.add_argument("--address", metavar="local|auto|HOST:PORT",
-                   help="which Ray to run on (run.address): 'local' starts a private instance that ends with the run; "
-                   "'auto' or HOST:PORT joins that cluster. Without it: RAY_ADDRESS if set, else the cluster that "
-                   "`ray start` recorded on this machine (a head node, as with `ray submit`), else a private "
-                   "instance. The first line after the data says which it joined")
-    p.add_argument("--storage", help="shared storage for the run directory: a path, or a URI such as s3://bucket/runs "
-                   "(run.storage)")
+    _run_arguments(p, "every random number descends from it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its journal and checkpoint")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     return p
 
 
@@ -63,21 +68,14 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
         'line: {"method", "normal_class", "seeds", "results": [{"index", "auc_mean", "auc_sd", "aucs"}, ...]} '
         "(auc_sd: the sample SD over seeds). The run directory holds the journal and evaluation.json.",
     )
-    p.add_argument("--config", help="experiment YAML (see search_configs/); default: the embedded experiment")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--indices", type=int, nargs="+", metavar="I", help="corpus indices (data.corpus)")
     what.add_argument("--images", nargs="+", metavar="FILE",
                       help="image files, resized and converted to the normal data's shape as the corpus is")
     p.add_argument("--seeds", type=int, default=3, help="training seeds per image, derived from run.seed (default 3)")
     p.add_argument("--method", choices=list(METHODS), help="objective (train.method)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set model.init=as_written (repeatable)")
-    p.add_argument("--seed", type=int, help="run seed (run.seed); the training seeds derive from it")
-    p.add_argument("--out", help="parent folder for run directories (run.out)")
-    p.add_argument("--address", help="Ray cluster address (run.address; RAY_ADDRESS also works)")
-    p.add_argument("--storage", help="shared storage for the run directory (run.storage)")
+    _run_arguments(p, "the training seeds derive from it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed evaluation from its journal")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
     p.set_defaults(mode=None, strategy=None)
     return p
 
