@@ -74,8 +74,11 @@ def run_cli(args: list[str], cwd: Path, script: Path = RUN_PY, timeout: float = 
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
+def start_cli(args: list[str], cwd: Path, log: Path, ray_address: str | None = "local") -> subprocess.Popen:
+    """Start the search script in a session of its own; ``ray_address=None``: no RAY_ADDRESS, as for a user."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_address}
+    if ray_address is None:
+        env.pop("RAY_ADDRESS")
     return subprocess.Popen([sys.executable, str(RUN_PY), "--no-progress", *args], cwd=cwd, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 

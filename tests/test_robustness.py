@@ -329,14 +329,18 @@ def test_killed_driver_takes_its_private_ray_with_it(tmp_path: Path, cache_dir: 
 
 
 def test_killed_driver_leaves_a_joined_cluster_running(local_cluster, tmp_path: Path, cache_dir: Path) -> None:
+    """No --address and no RAY_ADDRESS, as after `ray submit` on a head node: the recorded cluster is joined,
+    the line says so, and killing the driver leaves that cluster as it was."""
     from ray._private import ray_constants
 
     _, config = _long_config(tmp_path, cache_dir)
     log, out = tmp_path / "driver.log", tmp_path / "runs"
-    proc = start_cli(["--config", str(config), "--out", str(out), "--address", local_cluster.address], cwd=tmp_path,
-                     log=log)
+    proc = start_cli(["--config", str(config), "--out", str(out)], cwd=tmp_path, log=log, ray_address=None)
     try:
         wait_for(lambda: _journal_has(out, lambda rows: len(rows) >= 2), 300, "two finished trainings", proc, log)
+        assert (f"ray: joined the cluster at {local_cluster.address} (recorded by `ray start` in "
+                "/tmp/ray/ray_current_cluster; no --address or RAY_ADDRESS given): 1 node, 0 GPUs, 2 CPUs; "
+                "--address local runs on a private instance instead") in log.read_text(), log.read_text()
         driver = _driver_of(proc)
         assert not any("watchdog.py" in " ".join(p.cmdline()) for p in driver.children(recursive=True)), \
             "no watchdog for a cluster the search only joined"

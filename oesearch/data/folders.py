@@ -87,11 +87,11 @@ def load_image_folder(
                            allow_empty=True)  # an empty class is named below, not folded into "no images"
     counts = np.bincount([label for _, label in samples], minlength=len(classes))
     empty = [classes[i] for i in np.flatnonzero(counts == 0)]
+    shown = ", ".join(str(root / name) for name in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
     if len(empty) == len(classes):
-        raise DataError(f"no images found under {root}: its {len(classes)} class folders hold no image files. "
-                        f"{_EXPECTED}. {_HOW_TO_GET}")
+        raise DataError(f"no images found under {root}: none of its {len(classes)} class folders ({shown}) holds an "
+                        f"image file. {_EXPECTED}. {_HOW_TO_GET}")
     if empty:
-        shown = ", ".join(str(root / name) for name in empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
         raise DataError(f"{len(empty)} of the {len(classes)} class folders under {root} hold no images: {shown}. "
                         "Every class needs images in every split: fill those folders, or remove them from "
                         "every split so that the classes still match.")
