@@ -85,7 +85,6 @@ def evaluate_main(argv: list[str]) -> int:
     args = build_evaluate_parser().parse_args(argv)
     from oesearch.results import RunDir
     from oesearch.results.rundir import RunBusy
-    from oesearch.results.storage import run_parent
     from oesearch.search.cluster import ClusterLost
     from oesearch.search.evaluate import REQUEST, format_table, prepare_evaluation, results_line, run_evaluation
 
@@ -104,13 +103,8 @@ def evaluate_main(argv: list[str]) -> int:
             if not args.indices and not args.images:
                 raise ConfigError("name the OE images to evaluate: --indices I [I ...] or --images FILE [FILE ...]")
             evaluation = prepare_evaluation(config, args.indices, args.images, args.seeds)  # before any file
-            label = f"{config.name}-{config.train.method}-evaluate-c{config.data.normal_class}-s{config.run.seed}"
-            parent = run_parent(config.run.out, config.run.storage)
-            try:
-                rundir = RunDir.create(parent, label)
-            except OSError as err:
-                raise ConfigError(f"cannot create a run directory under {parent}: {err.strerror or err}. "
-                                  "Give a folder you can write to with --out DIR (or --storage).") from None
+            rundir = new_rundir(config, f"{config.name}-{config.train.method}-evaluate-c{config.data.normal_class}"
+                                        f"-s{config.run.seed}")
         summary = run_evaluation(config, rundir, evaluation, progress=not args.no_progress)
     except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -159,7 +153,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from oesearch.results import RunDir
     from oesearch.results.rundir import RunBusy
-    from oesearch.results.storage import run_parent
     from oesearch.search.cluster import ClusterLost, connect
     from oesearch.search.runner import prepare, run_search
 
@@ -182,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
             label = f"{config.name}-{config.train.method}-{config.search.mode}-c{config.data.normal_class}-s{config.run.seed}"
             if config.search.strategy == "random":
                 label += "-random"
-            parent = run_parent(config.run.out, config.run.storage)
-            try:
-                rundir = RunDir.create(parent, label)
-            except OSError as err:
-                raise ConfigError(f"cannot create a run directory under {parent}: {err.strerror or err}. "
-                                  "Give a folder you can write to with --out DIR (or --storage).") from None
+            rundir = new_rundir(config, label)
         try:
             cluster = connect(config.run.address, print)  # the line says which Ray it runs on
         except ClusterLost:
@@ -204,6 +192,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(rundir.path)
     return 0
+
+
+def new_rundir(config, label: str):
+    """A fresh run directory under ``run.out`` (or ``run.storage``); an unwritable parent is a clear error."""
+    from oesearch.results import RunDir
+    from oesearch.results.storage import run_parent
+
+    parent = run_parent(config.run.out, config.run.storage)
+    try:
+        return RunDir.create(parent, label)
+    except OSError as err:
+        raise ConfigError(f"cannot create a run directory under {parent}: {err.strerror or err}. "
+                          "Give a folder you can write to with --out DIR (or --storage).") from None
 
 
 def _write_failed(err: OSError, rundir, command: str = "python oesearch/run.py") -> str:

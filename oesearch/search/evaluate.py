@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import ray
 import yaml
 
 from oesearch.config import Config, ConfigError, config_to_dict
@@ -24,12 +23,11 @@ from oesearch.data import DataError, OneVsRest, conform, load_corpus
 from oesearch.data.folders import decode_images
 from oesearch.results import RunDir
 from oesearch.results.rundir import to_json
-from oesearch.search.cluster import ClusterLost, cluster_info, connect, current_cluster
-from oesearch.search.dispatch import WorkersLost
+from oesearch.search.cluster import cluster_info, connect, current_cluster
 from oesearch.search.fitness import FitnessCache
 from oesearch.search.metrics import RunMetrics
 from oesearch.search.problem import FitnessProblem
-from oesearch.search.runner import load_task, make_dispatcher, stopped_message
+from oesearch.search.runner import dispatching, load_task, make_dispatcher
 from oesearch.search.worker import FitnessWorker
 from oesearch.seeding import derive_seed
 
@@ -137,17 +135,8 @@ def run_evaluation(config: Config, rundir: RunDir, evaluation: Evaluation, log: 
                              cache=FitnessCache(rows), progress=progress)
     log(f"evaluate: {len(positions)} OE images x {len(seed_values)} seeds, {config.train.method}, class "
         f"{task.normal_class} ({task.class_name}), {len(dispatcher.slots)} {kind} workers; run id {rundir.path.name}")
-    try:
+    with dispatching(dispatcher, rundir, cluster, "python oesearch/run.py evaluate"):
         scores = problem.scores([[p] for p in positions], seed_values, "evaluate")
-    except (WorkersLost, ray.exceptions.RaySystemError, ConnectionError) as err:
-        rundir.close()
-        raise ClusterLost(stopped_message(cluster, rundir, err, "python oesearch/run.py evaluate")) from err
-    finally:
-        rundir.close()
-        try:
-            dispatcher.shutdown()
-        except Exception:  # noqa: BLE001  a cluster that went away cannot kill its actors; nothing to do
-            pass
     results = []
     for n, (position, aucs) in enumerate(zip(positions, scores)):
         mean, sd = _mean_sd(aucs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -31,7 +32,8 @@ from oesearch.training.augment import Augment, filter_mask
 from oesearch.training.clip import ClipSpec, check_clip
 from oesearch.training.objectives import CLIP_METHODS
 
-__all__ = ["SearchData", "prepare", "worker_spec", "load_task", "load_search_data", "make_dispatcher", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
+__all__ = ["SearchData", "prepare", "worker_spec", "load_task", "load_search_data", "make_dispatcher", "dispatching",
+           "stopped_message", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
 
 
 @dataclass
@@ -163,6 +165,23 @@ def stopped_message(cluster, rundir: RunDir, err: BaseException, command: str = 
             "(or give --address of a live cluster instead of local).")
 
 
+@contextmanager
+def dispatching(dispatcher: Dispatcher, rundir: RunDir, cluster, command: str = "python oesearch/run.py"):
+    """Run jobs on ``dispatcher``; a cluster that stops serving them becomes :class:`ClusterLost` with the
+    ``command --resume`` that continues; the journal is closed and the workers shut down however it ends."""
+    try:
+        yield
+    except (WorkersLost, ray.exceptions.RaySystemError, ConnectionError) as err:
+        rundir.close()
+        raise ClusterLost(stopped_message(cluster, rundir, err, command)) from err
+    finally:
+        rundir.close()
+        try:
+            dispatcher.shutdown()
+        except Exception:  # noqa: BLE001  a cluster that went away cannot kill its actors; nothing to do
+            pass
+
+
 def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
     """Load the data and check the config against it, before anything is written."""
     data = load_search_data(config, log)
@@ -233,18 +252,9 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
         f"{config.search.population}, the initial generation plus {config.search.generations}, {len(dispatcher.slots)} "
         f"{device_kind} workers; run id {rundir.path.name}")
     evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=after_generation, log=log)
-    try:
+    with dispatching(dispatcher, rundir, cluster):
         state = evolution.run(state)
         validated = problem.validate([list(ind) for ind in state.hall_of_fame])
-    except (WorkersLost, ray.exceptions.RaySystemError, ConnectionError) as err:
-        rundir.close()
-        raise ClusterLost(stopped_message(cluster, rundir, err)) from err
-    finally:
-        rundir.close()
-        try:
-            dispatcher.shutdown()
-        except Exception:  # noqa: BLE001  a cluster that went away cannot kill its actors; nothing to do
-            pass
     summary = write_outputs(
         rundir,
         config=config,
