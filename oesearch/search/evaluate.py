@@ -121,8 +121,8 @@ def run_evaluation(config: Config, rundir: RunDir, evaluation: Evaluation, log: 
     dispatcher, kind = make_dispatcher(config, task, pool, rundir.path.name, worker_class, log)
     metrics = RunMetrics(rundir.path.name, config.train.method, "evaluate")
     rows = rundir.journal_rows()
-    for problem in rundir.dropped:
-        log(f"warning: {rundir.file(rundir.journal_name)}: {problem}; skipped it, so that training runs again")
+    for dropped in rundir.dropped:
+        log(f"warning: {rundir.file(rundir.journal_name)}: {dropped}; skipped it, so that training runs again")
     if rows:
         log(f"resuming: {len(rows)} finished trainings in the journal")
 
