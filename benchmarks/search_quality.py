@@ -28,7 +28,6 @@ The last line is one JSON object:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -41,6 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from oesearch.config import config_from_dict  # noqa: E402
+from oesearch.results.rundir import to_json  # noqa: E402
 from oesearch.search.cluster import connect  # noqa: E402
 from oesearch.search.evolution import Evolution, EvolutionState  # noqa: E402
 from oesearch.search.fitness import FitnessCache, Job, row_key  # noqa: E402
@@ -132,7 +132,7 @@ def judge(store: SharedTrainings, normal_class: int, candidates: list[list[int]]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true",
-                        help="budgets 48 and 96, population 8 x 2 seeds, judge 8 seeds x 32 images (under 10 min)")
+                        help="budgets 32 and 64, population 8 x 2 seeds, judge 8 seeds x 32 images (under 10 min)")
     parser.add_argument("--budgets", type=int, nargs="+", help="training budgets per run (default 300 1000 3000)")
     parser.add_argument("--seeds", type=int, default=3, help="run seeds per strategy and mode (default 3)")
     parser.add_argument("--population", type=int, help="search.population (default: the embedded default's)")
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--judge-seeds", type=int, help="the judge's fresh seeds (default 16)")
     parser.add_argument("--panel", type=int, help="random images the judge ranks each top-1 among (default 64)")
     args = parser.parse_args()
-    quick = {"budgets": [48, 96], "population": 8, "repetitions": 2, "judge_seeds": 8, "panel": 32}
+    quick = {"budgets": [32, 64], "population": 8, "repetitions": 2, "judge_seeds": 8, "panel": 32}
     full = {"budgets": [300, 1000, 3000], "population": None, "repetitions": None, "judge_seeds": 16, "panel": 64}
     preset = quick if args.quick else full
     opts = {k: getattr(args, k) if getattr(args, k) is not None else v for k, v in preset.items()}
@@ -194,7 +194,7 @@ def main() -> None:
                 judged = np.array([np.nanmean(aucs[tuple(sorted(t["indices"]))]) for t in tops])
                 shares = np.array([beats_share(j, panel_means, mode) for j in judged])
                 mean, lo, hi = mean_ci(judged)
-                cell = {"judged_auc": round(float(mean), 4), "ci95": [round(lo, 4), round(hi, 4)],
+                cell = {"judged_auc": round(float(mean), 4), "ci95": [round(float(lo), 4), round(float(hi), 4)],
                         "percentile": round(float(shares.mean()), 4),
                         "search_fitness": round(float(np.mean([t["search_fitness"] for t in tops])), 4),
                         "trainings": int(np.mean([t["trainings"] for t in tops])), "runs": len(tops)}
@@ -204,7 +204,7 @@ def main() -> None:
                       f"{per_seed} | {cell['search_fitness']:.4f} |")
     print("\nper run seed: judged AUC / percentile among the random panel (1.0: more extreme than all of it)")
     top_level = by_budget[str(budgets[-1])]
-    print(json.dumps({**top_level, "budget": budgets[-1], "by_budget": by_budget, "judge_seeds": len(judge_seeds),
+    print(to_json({**top_level, "budget": budgets[-1], "by_budget": by_budget, "judge_seeds": len(judge_seeds),
                       "panel": len(panel), "run_seeds": args.seeds, "wall_seconds": round(wall, 1)}))
 
 
