@@ -103,76 +103,78 @@ def build_signal_parser() -> argparse.ArgumentParser:
     return p
 
 
-def signal_main(argv: list[str]) -> int:
-    """``oesearch signal``: the variance components, then one JSON line last."""
-    args = build_signal_parser().parse_args(argv)
+def _measure(args: argparse.Namespace, command: str, kept: list[str], from_request, fresh, run):
+    """The frame ``evaluate`` and ``signal`` share: start (or ``--resume``) a run directory, run, report failures.
+
+    ``from_request(config, request)`` rebuilds what to train from a resumed directory's request file;
+    ``fresh(config)`` checks and loads it for a new run before any file exists; ``run(config, rundir, what)``
+    trains it. Returns ``(rundir, result)``, or ``(None, 2)`` after printing the error.
+    """
     from oesearch.results import RunDir
     from oesearch.results.rundir import RunBusy
     from oesearch.search.cluster import ClusterLost
     from oesearch.search.evaluate import REQUEST
-    from oesearch.search.runner import report_signal
-    from oesearch.search.signal import prepare_signal, run_signal, signal_line
 
     rundir = None
     try:
         if args.resume:
             rundir = RunDir.existing(Path(args.resume))
-            if args.config or args.overrides or args.method or args.seed is not None:
-                raise ConfigError("--resume continues a measurement with its own saved config; drop "
-                                  "--config/--set/--method/--seed")
+            if any(getattr(args, name) is not None and getattr(args, name) != [] for name in kept):
+                flags = "/".join(f"--{name.replace('overrides', 'set')}" for name in kept)
+                noun = {"evaluate": "an evaluation", "signal": "a measurement"}.get(command, f"a {command}")
+                raise ConfigError(f"--resume continues {noun} with its own saved config; drop {flags}")
             config = config_from_dict(read_yaml(rundir.file("config.yaml")))
-            request = yaml.safe_load(rundir.file(REQUEST).read_text())
-            evaluation = prepare_signal(config, len(request["indices"]), request["seeds"])
+            what = from_request(config, yaml.safe_load(rundir.file(REQUEST).read_text()))
         else:
             config = resolve_config(args)
-            evaluation = prepare_signal(config, args.images, args.seeds)  # before any file
-            rundir = new_rundir(config, f"{config.name}-{config.train.method}-signal-c{config.data.normal_class}"
+            what = fresh(config)  # before any file
+            rundir = new_rundir(config, f"{config.name}-{config.train.method}-{command}-c{config.data.normal_class}"
                                         f"-s{config.run.seed}")
-        signal, result = run_signal(config, rundir, evaluation, progress=not args.no_progress)
+        return rundir, run(config, rundir, what)
     except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:
-        print(f"error: {_write_failed(err, rundir, 'python oesearch/run.py signal')}", file=sys.stderr)
-        return 2
+    except OSError as err:  # a write failed mid-run: disk full, file system gone read-only...
+        print(f"error: {_write_failed(err, rundir, f'python oesearch/run.py {command}')}", file=sys.stderr)
+    return None, 2
+
+
+def signal_main(argv: list[str]) -> int:
+    """``oesearch signal``: the variance components, then one JSON line last."""
+    args = build_signal_parser().parse_args(argv)
+    from oesearch.search.runner import report_signal
+    from oesearch.search.signal import prepare_signal, run_signal, signal_line
+
+    rundir, result = _measure(
+        args, "signal", ["config", "overrides", "method", "seed"],
+        lambda config, request: prepare_signal(config, len(request["indices"]), request["seeds"]),
+        lambda config: prepare_signal(config, args.images, args.seeds),
+        lambda config, rundir, what: run_signal(config, rundir, what, progress=not args.no_progress))
+    if rundir is None:
+        return result
+    signal, line = result
     print(rundir.path)
     report_signal(signal, print, source="")
-    print(signal_line(result))
+    print(signal_line(line))
     return 0
 
 
 def evaluate_main(argv: list[str]) -> int:
     """``oesearch evaluate``: a table, then one JSON line last."""
     args = build_evaluate_parser().parse_args(argv)
-    from oesearch.results import RunDir
-    from oesearch.results.rundir import RunBusy
-    from oesearch.search.cluster import ClusterLost
-    from oesearch.search.evaluate import REQUEST, format_table, prepare_evaluation, results_line, run_evaluation
+    from oesearch.search.evaluate import format_table, prepare_evaluation, results_line, run_evaluation
 
-    rundir = None
-    try:
-        if args.resume:
-            rundir = RunDir.existing(Path(args.resume))
-            if args.config or args.overrides or args.method or args.seed is not None or args.indices or args.images:
-                raise ConfigError("--resume continues an evaluation with its own saved config and images; drop "
-                                  "--config/--set/--method/--seed/--indices/--images")
-            config = config_from_dict(read_yaml(rundir.file("config.yaml")))
-            request = yaml.safe_load(rundir.file(REQUEST).read_text())
-            evaluation = prepare_evaluation(config, request["indices"], request["images"], request["seeds"])
-        else:
-            config, rundir = resolve_config(args), None
-            if not args.indices and not args.images:
-                raise ConfigError("name the OE images to evaluate: --indices I [I ...] or --images FILE [FILE ...]")
-            evaluation = prepare_evaluation(config, args.indices, args.images, args.seeds)  # before any file
-            rundir = new_rundir(config, f"{config.name}-{config.train.method}-evaluate-c{config.data.normal_class}"
-                                        f"-s{config.run.seed}")
-        summary = run_evaluation(config, rundir, evaluation, progress=not args.no_progress)
-    except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a write failed mid-run: disk full, file system gone read-only...
-        print(f"error: {_write_failed(err, rundir, 'python oesearch/run.py evaluate')}", file=sys.stderr)
-        return 2
+    def fresh(config):
+        if not args.indices and not args.images:
+            raise ConfigError("name the OE images to evaluate: --indices I [I ...] or --images FILE [FILE ...]")
+        return prepare_evaluation(config, args.indices, args.images, args.seeds)
+
+    rundir, summary = _measure(
+        args, "evaluate", ["config", "overrides", "method", "seed", "indices", "images"],
+        lambda config, request: prepare_evaluation(config, request["indices"], request["images"], request["seeds"]),
+        fresh,
+        lambda config, rundir, what: run_evaluation(config, rundir, what, progress=not args.no_progress))
+    if rundir is None:
+        return summary
     print(rundir.path)
     print(format_table(summary))
     print(results_line(summary))

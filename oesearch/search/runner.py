@@ -359,6 +359,7 @@ def validate(config: Config, problem: FitnessProblem, state: EvolutionState, row
             log(f"validation: race of the top {len(finalists)} by search fitness on up to {len(seeds)} fresh seeds")
             finalists = race(finalists, seeds, score, mode, first=v.seeds, step=v.round_seeds, level=v.level,
                              keep=s.hall_of_fame, log=log)
+        raced = sum(f.seeds for f in finalists)  # the dropped candidates' trainings count too
         finalists = finalists[: s.hall_of_fame]
     else:
         fitness = dict(zip(table["indices"], table["fitness"]))
@@ -367,6 +368,7 @@ def validate(config: Config, problem: FitnessProblem, state: EvolutionState, row
                      for ind in state.hall_of_fame]
         if seeds:
             finalists = fixed(finalists, seeds, score, mode)
+        raced = sum(f.seeds for f in finalists)
 
     used = max((f.seeds for f in finalists), default=0)
     panel_individuals = random_individuals(config.run.seed, problem.corpus_size, v.random_panel, s.oe_size)
@@ -404,8 +406,8 @@ def validate(config: Config, problem: FitnessProblem, state: EvolutionState, row
                          vs_random={"difference": cmp.difference, "ci95": list(cmp.ci95)},
                          distinguishable=cmp.distinguishable)
         top.append(entry)
-    validation = {"scheme": v.scheme, "seeds": seeds, "level": v.level,
-                  "trainings": sum(f.seeds for f in finalists)}
+    validation = {"scheme": v.scheme, "seeds": seeds, "level": v.level, "trainings": raced,
+                  "panel_trainings": int(panel.size)}
     return top, {"random_panel": random_panel, "validation": validation}
 
 
