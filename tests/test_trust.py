@@ -20,13 +20,15 @@ import pytest
 from scipy import stats
 
 from conftest import RUN_PY, kill_group, run_cli, start_cli, tiny_config, write_config
+from oesearch.cli import signal_main
 from oesearch.results import read_journal
 
 RACE = {"scheme": "race", "seeds": 2, "round_seeds": 2, "max_seeds": 6, "random_panel": 5, "level": 0.95}
 
 
 def race_config(cache_dir: Path, **search: object) -> dict:
-    return tiny_config(cache_dir, hall_of_fame=2, validation=RACE, **search)
+    """The tiny search with every trust option on: the race, the random panel, and rescored survivors."""
+    return tiny_config(cache_dir, hall_of_fame=2, validation=RACE, rescore="survivors", rescore_seeds=1, **search)
 
 
 def aucs_by_seed(rows: list[dict], indices: list[int], purpose: str) -> dict[int, float]:
@@ -73,7 +75,7 @@ def test_race_top_and_panel_recomputed_from_the_journal(race_run: Path) -> None:
     for r in rows:
         if r["purpose"] == "search":
             search.setdefault(tuple(sorted(r["indices"])), []).append(r["auc"])
-    ranked = sorted((np.mean(v), k) for k, v in search.items() if len(v) == 2)
+    ranked = sorted((np.mean(v), k) for k, v in search.items() if len(v) >= 2)  # rescored ones have more
     raced = {tuple(sorted(r["indices"])) for r in rows if r["purpose"] == "validate"}
     assert raced == {k for _, k in ranked[:4]}
     # Each raced candidate got a prefix of the validation seeds, in rounds of 2 after the first 2.
@@ -155,13 +157,9 @@ def test_a_driver_killed_in_the_race_resumes_to_the_same_result(race_run: Path, 
     assert len(keys) == len(set(keys)), "nothing trained twice across the kill"
 
 
-def test_rescore_survivors_fitness_is_the_mean_over_all_its_seeds(tmp_path: Path, cache_dir: Path) -> None:
-    config = write_config(tmp_path / "rescore.yaml", tiny_config(cache_dir, rescore="survivors", rescore_seeds=1))
-    result = run_cli(["--config", str(config), "--mode", "worst", "--out", str(tmp_path / "runs")], cwd=tmp_path)
-    assert result.returncode == 0, result.stdout + result.stderr
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    summary = json.loads((run_dir / "summary.json").read_text())
-    rows = read_journal(run_dir / "journal.jsonl")
+def test_rescore_survivors_fitness_is_the_mean_over_all_its_seeds(race_run: Path) -> None:
+    summary = json.loads((race_run / "summary.json").read_text())
+    rows = read_journal(race_run / "journal.jsonl")
     base = set(summary["search_seeds"])
     extra = [r for r in rows if r["purpose"] == "search" and r["seed"] not in base]
     assert extra and all(r["generation"] >= 1 for r in extra), "survivors were trained on more seeds"
@@ -202,13 +200,15 @@ def test_signal_command_prints_the_anova_of_its_journal(race_run: Path, tmp_path
     race = read_journal(race_run / "journal.jsonl")
     gen0 = [tuple(r["indices"]) for r in race if r["purpose"] == "search" and r["generation"] == 0]
     assert set(groups) < set(gen0)
-    assert {r["seed"] for r in race if r["purpose"] == "search"} <= {r["seed"] for r in rows}
+    summary = json.loads((race_run / "summary.json").read_text())
+    assert set(summary["search_seeds"]) < {r["seed"] for r in rows}  # the search's 2 seeds, then the next one
 
 
-def test_signal_command_refuses_a_single_seed(tmp_path: Path, cache_dir: Path) -> None:
+def test_signal_command_refuses_a_single_seed(tmp_path: Path, cache_dir: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
     config = write_config(tmp_path / "tiny.yaml", tiny_config(cache_dir))
-    result = run_signal(["--config", str(config), "--seeds", "1", "--out", str(tmp_path / "runs")], tmp_path)
-    assert result.returncode == 2 and "at least 2" in result.stderr
+    code = signal_main(["--config", str(config), "--seeds", "1", "--out", str(tmp_path / "runs")])
+    assert code == 2 and "at least 2" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
