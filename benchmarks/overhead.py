@@ -52,7 +52,8 @@ def main() -> None:
                      "normal_class": 0, "cache_dir": str(Path(tmp) / "cache")},
             "train": {"method": "hsc", "epochs": 1, "lr": 1e-3, "milestones": [1], "batch_size": 128},
             "search": {"population": population, "generations": generations, "pool": 10 * n_test - 100,
-                       "k_nearest": 20, "repetitions": 1, "hall_of_fame": 1, "validation_seeds": 1},
+                       "k_nearest": 20, "repetitions": 1, "hall_of_fame": 1,
+                       "validation": {"scheme": "fixed", "seeds": 1, "random_panel": 0}},
             "run": {"workers": 1, "seed": 0, "address": "local", "out": tmp},
         })
         data = prepare(config, log=print)

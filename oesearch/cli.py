@@ -6,6 +6,7 @@
     oesearch report runs/20261128-101500-embedded-hsc-worst-c8-s0   # HTML report, also of a running search
     oesearch benchmark --config search_configs/cifar10_split.yaml      # classes x methods x OE sizes x seeds
     oesearch evaluate --indices 3 17 --seeds 4                          # how good is each OE image for the class?
+    oesearch signal --images 48 --seeds 4                               # how much of a fitness is the image?
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from oesearch.config import METHODS, ConfigError, apply_overrides, config_from_d
 from oesearch.data import DataError
 from oesearch.supervisor import supervise, supervised, tell_supervisor
 
-__all__ = ["build_parser", "build_evaluate_parser", "resolve_config", "main", "evaluate_main"]
+__all__ = ["build_parser", "build_evaluate_parser", "build_signal_parser", "resolve_config", "main", "evaluate_main",
+           "signal_main"]
 
 
 def _run_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
@@ -49,12 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
         "`oesearch report RUN_DIR...` writes an HTML report of finished or running searches; "
         "`oesearch benchmark [--config FILE]` runs a benchmark table (see `oesearch benchmark --help`); "
         "`oesearch evaluate --indices I... | --images FILE...` scores given OE images over N seeds "
-        "(see `oesearch evaluate --help`).",
+        "(see `oesearch evaluate --help`); `oesearch signal` measures how much of the fitness is the image "
+        "rather than the training seed (see `oesearch signal --help`).",
     )
     p.add_argument("--method", choices=list(METHODS),
                    help="objective (train.method); the CLIP methods need train.clip.weights")
     p.add_argument("--mode", choices=["best", "worst"], help="search for the best or the worst OE samples (search.mode)")
-    p.add_argument("--strategy", choices=["evolution", "random"], help="evolution, or the random-search baseline")
+    p.add_argument("--strategy", choices=["evolution", "random", "aging"],
+                   help="evolution (the paper's), the random-search baseline, or aging (regularized evolution)")
     _run_arguments(p, "every random number descends from it")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its journal and checkpoint")
     return p
@@ -80,38 +84,97 @@ def build_evaluate_parser() -> argparse.ArgumentParser:
     return p
 
 
-def evaluate_main(argv: list[str]) -> int:
-    """``oesearch evaluate``: a table, then one JSON line last."""
-    args = build_evaluate_parser().parse_args(argv)
+def build_signal_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="oesearch signal",
+        description="Measure, without searching, how much of a training's test AUC the OE image explains for this "
+        "config: N random corpus images (the search's own generation-0 draw) x S of the search's seeds, one "
+        "training each, then a one-way random-effects ANOVA. Prints the image and seed SDs, the ICC and the "
+        "reliability of a search.repetitions-seed fitness, then one JSON line: {\"method\", \"normal_class\", "
+        "\"repetitions\", \"icc\", \"seed_sd\", \"image_sd\", \"reliability\", \"images\", \"seeds\", ...}. "
+        "Calibrate a schedule with it before spending a search budget.",
+    )
+    p.add_argument("--images", type=int, default=48, help="random corpus images (default 48)")
+    p.add_argument("--seeds", type=int, default=4, help="training seeds per image (default 4)")
+    p.add_argument("--method", choices=list(METHODS), help="objective (train.method)")
+    _run_arguments(p, "the images and seeds derive from it")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed measurement from its journal")
+    p.set_defaults(mode=None, strategy=None)
+    return p
+
+
+def _measure(args: argparse.Namespace, command: str, kept: list[str], from_request, fresh, run):
+    """The frame ``evaluate`` and ``signal`` share: start (or ``--resume``) a run directory, run, report failures.
+
+    ``from_request(config, request)`` rebuilds what to train from a resumed directory's request file;
+    ``fresh(config)`` checks and loads it for a new run before any file exists; ``run(config, rundir, what)``
+    trains it. Returns ``(rundir, result)``, or ``(None, 2)`` after printing the error.
+    """
     from oesearch.results import RunDir
     from oesearch.results.rundir import RunBusy
     from oesearch.search.cluster import ClusterLost
-    from oesearch.search.evaluate import REQUEST, format_table, prepare_evaluation, results_line, run_evaluation
+    from oesearch.search.evaluate import REQUEST
 
     rundir = None
     try:
         if args.resume:
             rundir = RunDir.existing(Path(args.resume))
-            if args.config or args.overrides or args.method or args.seed is not None or args.indices or args.images:
-                raise ConfigError("--resume continues an evaluation with its own saved config and images; drop "
-                                  "--config/--set/--method/--seed/--indices/--images")
+            if any(getattr(args, name) is not None and getattr(args, name) != [] for name in kept):
+                flags = "/".join(f"--{name.replace('overrides', 'set')}" for name in kept)
+                noun = {"evaluate": "an evaluation", "signal": "a measurement"}.get(command, f"a {command}")
+                raise ConfigError(f"--resume continues {noun} with its own saved config; drop {flags}")
             config = config_from_dict(read_yaml(rundir.file("config.yaml")))
-            request = yaml.safe_load(rundir.file(REQUEST).read_text())
-            evaluation = prepare_evaluation(config, request["indices"], request["images"], request["seeds"])
+            what = from_request(config, yaml.safe_load(rundir.file(REQUEST).read_text()))
         else:
-            config, rundir = resolve_config(args), None
-            if not args.indices and not args.images:
-                raise ConfigError("name the OE images to evaluate: --indices I [I ...] or --images FILE [FILE ...]")
-            evaluation = prepare_evaluation(config, args.indices, args.images, args.seeds)  # before any file
-            rundir = new_rundir(config, f"{config.name}-{config.train.method}-evaluate-c{config.data.normal_class}"
+            config = resolve_config(args)
+            what = fresh(config)  # before any file
+            rundir = new_rundir(config, f"{config.name}-{config.train.method}-{command}-c{config.data.normal_class}"
                                         f"-s{config.run.seed}")
-        summary = run_evaluation(config, rundir, evaluation, progress=not args.no_progress)
+        return rundir, run(config, rundir, what)
     except (ConfigError, DataError, FileNotFoundError, ClusterLost, RunBusy) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
     except OSError as err:  # a write failed mid-run: disk full, file system gone read-only...
-        print(f"error: {_write_failed(err, rundir, 'python oesearch/run.py evaluate')}", file=sys.stderr)
-        return 2
+        print(f"error: {_write_failed(err, rundir, f'python oesearch/run.py {command}')}", file=sys.stderr)
+    return None, 2
+
+
+def signal_main(argv: list[str]) -> int:
+    """``oesearch signal``: the variance components, then one JSON line last."""
+    args = build_signal_parser().parse_args(argv)
+    from oesearch.search.runner import report_signal
+    from oesearch.search.signal import prepare_signal, run_signal, signal_line
+
+    rundir, result = _measure(
+        args, "signal", ["config", "overrides", "method", "seed"],
+        lambda config, request: prepare_signal(config, len(request["indices"]), request["seeds"]),
+        lambda config: prepare_signal(config, args.images, args.seeds),
+        lambda config, rundir, what: run_signal(config, rundir, what, progress=not args.no_progress))
+    if rundir is None:
+        return result
+    signal, line = result
+    print(rundir.path)
+    report_signal(signal, print, source="")
+    print(signal_line(line))
+    return 0
+
+
+def evaluate_main(argv: list[str]) -> int:
+    """``oesearch evaluate``: a table, then one JSON line last."""
+    args = build_evaluate_parser().parse_args(argv)
+    from oesearch.search.evaluate import format_table, prepare_evaluation, results_line, run_evaluation
+
+    def fresh(config):
+        if not args.indices and not args.images:
+            raise ConfigError("name the OE images to evaluate: --indices I [I ...] or --images FILE [FILE ...]")
+        return prepare_evaluation(config, args.indices, args.images, args.seeds)
+
+    rundir, summary = _measure(
+        args, "evaluate", ["config", "overrides", "method", "seed", "indices", "images"],
+        lambda config, request: prepare_evaluation(config, request["indices"], request["images"], request["seeds"]),
+        fresh,
+        lambda config, rundir, what: run_evaluation(config, rundir, what, progress=not args.no_progress))
+    if rundir is None:
+        return summary
     print(rundir.path)
     print(format_table(summary))
     print(results_line(summary))
@@ -146,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         return report_main(argv[1:])
     if argv[:1] == ["evaluate"]:  # `oesearch evaluate --indices ...`: given OE images over N seeds
         return evaluate_main(argv[1:])
+    if argv[:1] == ["signal"]:  # `oesearch signal`: image vs seed variance of a config, without a search
+        return signal_main(argv[1:])
     if argv[:1] == ["benchmark"]:  # `oesearch benchmark --config FILE`: classes x methods x OE sizes x seeds
         from oesearch.benchmark.cli import main as benchmark_main
 

@@ -53,7 +53,7 @@ def tiny_config(cache_dir: Path, **search: object) -> dict:
             "k_nearest": 8,
             "repetitions": 2,
             "hall_of_fame": 3,
-            "validation_seeds": 2,
+            "validation": {"scheme": "fixed", "seeds": 2, "random_panel": 0},
             **search,
         },
         "run": {"workers": 2, "seed": 7},

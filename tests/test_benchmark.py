@@ -20,6 +20,7 @@ import pandas as pd
 import pytest
 
 from conftest import RUN_PY, kill_group
+from oesearch.config import TrainConfig
 from oesearch.results import read_journal
 
 METHODS = ["hsc", "bce", "focal", "dsad", "dsvdd"]
@@ -30,7 +31,7 @@ SEEDS = 2
 def shrunk(cache_dir: Path, out: Path) -> list[str]:
     """The embedded default benchmark, shrunk with --set: 2 classes, 2 seeds, 2-epoch trainings."""
     sets = [f"data.cache_dir={cache_dir}", f"benchmark.classes={CLASSES}", f"benchmark.seeds={SEEDS}",
-            "train.epochs=2", "train.milestones=[1]", "run.workers=2", "run.seed=7"]
+            "train.epochs=2", "train.milestones=[1]", "train.batch_size=32", "run.workers=2", "run.seed=7"]
     return ["benchmark", "--no-progress", "--out", str(out)] + [a for s in sets for a in ("--set", s)]
 
 
@@ -152,7 +153,7 @@ def test_resume_refuses_new_settings(finished: tuple[Path, str], tmp_path: Path)
     ("benchmark.oe_sizes=[16,20000]", "benchmark.oe_sizes: 20000 exceeds the OE corpus, which has 10712 images"),
     ("benchmark.methods=[hsc,svm]", "benchmark.methods.1: Input should be 'hsc', 'bce', "),  # train.method's choices
     ("benchmark.overrides={bce: {learning_rate: 0.1}}", "unknown train key(s) ['learning_rate']; valid keys: hsc_radial"),
-    ("benchmark.overrides={dsvdd: {epochs: 4}}", "benchmark.overrides.dsvdd: Value error, milestones [8] must lie in "
+    ("benchmark.overrides={dsvdd: {epochs: 4}}", f"benchmark.overrides.dsvdd: Value error, milestones {list(TrainConfig().milestones)} must lie in "
                                                  "[1, epochs=4]"),
     ("benchmark.seed=3", "unknown key 'benchmark.seed'; valid keys here: classes, methods"),
     ("benchmark.oe_sizes=[0]", "oe_sizes must be distinct positive integers and/or 'all'"),

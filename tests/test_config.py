@@ -257,3 +257,15 @@ def test_new_methods_and_focal_keys() -> None:
     for method in ("dsad", "dsvdd"):
         assert config_from_dict({"train": {"method": method}, "run": {"pack": "auto"}}).train.method == method
         assert "trains unpacked only" in _error({"train": {"method": method}, "run": {"pack": 4}})
+
+
+def test_the_old_validation_seeds_key_says_what_replaced_it() -> None:
+    message = _error({"search": {"validation_seeds": 5}})
+    assert "search.validation_seeds is now search.validation" in message and "scheme: fixed, seeds: 5" in message
+    race = _error({"search": {"validation": {"seeds": 9, "max_seeds": 8}}})
+    assert "seeds 9 must lie in [1, max_seeds=8]" in race
+    assert "rescore: survivors applies to strategy evolution only" in _error(
+        {"search": {"rescore": "survivors", "strategy": "random"}})
+    assert "aging_batch 20 exceeds population 16" in _error({"search": {"strategy": "aging", "aging_batch": 20}})
+    aging = config_from_dict({"search": {"strategy": "aging", "population": 10}}).search
+    assert aging.children_per_generation == 5

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from conftest import RUN_PY, tiny_config, write_config
+from oesearch.cli import evaluate_main
 from oesearch.config import config_from_dict
 from oesearch.data import load_corpus
 from oesearch.results import read_journal
@@ -114,7 +115,9 @@ def test_resume_trains_only_what_the_journal_lacks(setup) -> None:
     assert len(resumed) == len(rows) and resumed[:4] == [json.loads(r) for r in rows[:4]]
 
 
-def test_bad_requests_are_clear_errors(setup) -> None:
+def test_bad_requests_are_clear_errors(setup, capsys: pytest.CaptureFixture) -> None:
+    # In the driver's own entry point (every one fails before Ray starts); the command line is the subprocess
+    # path of the tests above.
     work, _, config_path, _ = setup
     for args, message in [
         (["--indices", "999999"], "out of range: the corpus has 10712 images"),
@@ -122,6 +125,7 @@ def test_bad_requests_are_clear_errors(setup) -> None:
         ([], "name the OE images to evaluate"),
         (["--indices", "3", "--seeds", "0"], "--seeds must be at least 1"),
     ]:
-        bad = evaluate(["--config", str(config_path), "--out", str(work / "bad"), *args], cwd=work)
-        assert bad.returncode == 2 and message in bad.stderr, (args, bad.stderr)
+        code = evaluate_main(["--config", str(config_path), "--out", str(work / "bad"), *args])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, (args, err)
     assert not (work / "bad").exists() or not any((work / "bad").iterdir()), "no run directory for a bad request"

@@ -90,8 +90,7 @@ class WatchedProblem(FitnessProblem):
 
 
 def config(**overrides: Any) -> SearchConfig:
-    base = dict(population=16, generations=6, pool=100, k_nearest=5, repetitions=2, hall_of_fame=3,
-                validation_seeds=2, mode="best")
+    base = dict(population=16, generations=6, pool=100, k_nearest=5, repetitions=2, hall_of_fame=3, mode="best")
     base.update(overrides)
     return SearchConfig(**base)
 
@@ -103,18 +102,24 @@ def make_run(index: NeighbourIndex, cfg: SearchConfig, run_seed: int, recorder: 
         corpus_size=N,
         mode=cfg.mode,
         search_seeds=SEEDS,
-        validation_seeds=(7, 8),
         run_jobs=recorder.run_jobs,
         journal=recorder.journal.append,
         cache=cache if cache is not None else FitnessCache(),
         progress=False,
+        seed_of=seed_of,
+        rescore_seeds=cfg.rescore_seeds,
     )
     evolution = Evolution(problem, cfg, index, run_seed, checkpoint=recorder.checkpoint, log=lambda line: None)
     return evolution, problem
 
 
-def expected_fitness(indices: tuple[int, ...]) -> float:
-    return sum(toy_auc(indices, s) for s in SEEDS) / len(SEEDS)
+def seed_of(r: int) -> int:
+    """The r-th seed of the toy search's sequence: SEEDS, then the seeds rescores add."""
+    return SEEDS[r] if r < len(SEEDS) else 1000 + r
+
+
+def expected_fitness(indices: tuple[int, ...], seeds: int = len(SEEDS)) -> float:
+    return sum(toy_auc(indices, seed_of(r)) for r in range(seeds)) / seeds
 
 
 # ---------------------------------------------------------------- tournament direction
@@ -258,19 +263,19 @@ def test_failed_trainings_never_win(index: NeighbourIndex) -> None:
         assert all(math.isfinite(v) for v in state.logbook.select("max"))
 
 
-def test_validation_uses_fresh_seeds(index: NeighbourIndex) -> None:
+def test_scores_train_only_what_the_cache_lacks(index: NeighbourIndex) -> None:
     rec = Recorder()
     evolution, problem = make_run(index, config(generations=1), 0, rec)
     state = evolution.run()
     best = [list(ind) for ind in state.hall_of_fame]
     n_before = len(rec.jobs)
-    validated = problem.validate(best)
+    scores = problem.scores(best, (7, 8), "validate")
     assert len(rec.jobs) - n_before == len(best) * 2
     assert {job.seed for job in rec.jobs[n_before:]} == {7, 8}
-    for ind, (mean, std) in zip(best, validated):
-        aucs = [toy_auc(tuple(ind), 7), toy_auc(tuple(ind), 8)]
-        assert mean == pytest.approx(sum(aucs) / 2, abs=1e-12)
-        assert std == pytest.approx(abs(aucs[0] - aucs[1]) / 2, abs=1e-12)  # population std of two values
+    assert scores == [[toy_auc(tuple(ind), 7), toy_auc(tuple(ind), 8)] for ind in best]
+    assert problem.scores(best, (8, SEEDS[0]), "validate") == [[toy_auc(tuple(i), 8), toy_auc(tuple(i), SEEDS[0])]
+                                                               for i in best]
+    assert len(rec.jobs) - n_before == len(best) * 2  # every one of those was cached
 
 
 # ---------------------------------------------------------------- reproducibility and resume
@@ -299,8 +304,10 @@ def test_same_seed_same_run_other_seed_differs(index: NeighbourIndex) -> None:
     assert random.random() == expected
 
 
-def test_resume_from_pickled_checkpoint_matches_uninterrupted_run(index: NeighbourIndex) -> None:
-    cfg = config(mate_chance=0.3)
+@pytest.mark.parametrize("options", [{}, {"rescore": "survivors"}, {"strategy": "aging"}],
+                         ids=["paper", "rescore", "aging"])
+def test_resume_from_pickled_checkpoint_matches_uninterrupted_run(index: NeighbourIndex, options: dict) -> None:
+    cfg = config(mate_chance=0.3, **options)
     full = Recorder()
     evolution, _ = make_run(index, cfg, 11, full)
     final = evolution.run()
@@ -324,6 +331,8 @@ def test_resume_from_pickled_checkpoint_matches_uninterrupted_run(index: Neighbo
         assert resumed_rec.populations[g] == full.populations[g]
     strip = lambda book: [{k: v for k, v in e.items() if k != "seconds"} for e in book]  # noqa: E731
     assert strip(resumed.logbook) == strip(final.logbook)
+    seeds = lambda population: [getattr(i, "seeds", None) for i in population]  # noqa: E731
+    assert seeds(resumed.population) == seeds(final.population)
 
 
 # ---------------------------------------------------------------- random search
@@ -362,3 +371,47 @@ def test_oe_size_two_individuals(index: NeighbourIndex) -> None:
     assert len({job.key for job in rec.jobs}) == len(rec.jobs)
     for ind in state.hall_of_fame:
         assert ind.fitness.values[0] == pytest.approx(expected_fitness(tuple(ind)), abs=1e-12)
+
+
+# ---------------------------------------------------------------- noise-aware options
+
+
+@pytest.mark.parametrize("mode", ["best", "worst"])
+def test_rescore_gives_survivors_more_seeds_and_the_mean_over_all(index: NeighbourIndex, mode: str) -> None:
+    cfg = config(rescore="survivors", rescore_seeds=2, generations=4, mode=mode)
+    rec = Recorder()
+    evolution, problem = make_run(index, cfg, 3, rec)
+    state = evolution.run()
+    survived = 0
+    for ind in state.population:
+        count = getattr(ind, "seeds", len(SEEDS))
+        assert (count - len(SEEDS)) % 2 == 0 and count <= len(SEEDS) + 2 * cfg.generations
+        survived += count > len(SEEDS)
+        # The fitness is the mean over all its seeds, worked out here from the toy AUC.
+        assert ind.fitness.values[0] == pytest.approx(expected_fitness(tuple(ind), count), abs=1e-12)
+    assert survived > 0
+    # Every rescore job is a search job of that generation with a seed beyond the base ones, trained once.
+    extra = [job for job in rec.jobs if job.seed not in SEEDS]
+    assert extra and all(job.purpose == "search" and job.generation >= 1 for job in extra)
+    assert len({job.key for job in rec.jobs}) == len(rec.jobs)
+    # The hall of fame holds each entry's current fitness, not a lucky earlier one.
+    for ind in state.hall_of_fame:
+        assert ind.fitness.values[0] == pytest.approx(
+            expected_fitness(tuple(ind), getattr(ind, "seeds", len(SEEDS))), abs=1e-12)
+
+
+def test_aging_replaces_the_oldest_with_mutated_children(index: NeighbourIndex) -> None:
+    cfg = config(strategy="aging", population=10, aging_batch=4, generations=5, mode="best")
+    rec = Recorder()
+    evolution, _ = make_run(index, cfg, 4, rec)
+    state = evolution.run()
+    for g in range(1, cfg.generations + 1):
+        before, after = rec.populations[g - 1], rec.populations[g]
+        assert len(after) == cfg.population
+        assert after[: cfg.population - 4] == before[4:]  # the four oldest left, the rest kept their place
+    # Children are never cached duplicates of a fitness: each has its own toy fitness.
+    for pop in rec.populations.values():
+        for ind, value in pop:
+            assert value == pytest.approx(expected_fitness(ind), abs=1e-12)
+    assert state.hall_of_fame[0].fitness.values[0] >= max(v for _, v in rec.populations[0])
+    assert len({job.key for job in rec.jobs}) == len(rec.jobs)

@@ -173,6 +173,19 @@ def test_dsvdd_ignores_the_oe_images() -> None:
     assert c.epoch_losses != d.epoch_losses  # DSAD does use it
 
 
+def test_dsvdd_skips_a_last_batch_of_one_image() -> None:
+    # 17 normal images in batches of 8: steps of 8, 8 and 1; the 1-image step has no BatchNorm batch
+    # statistics, so DSVDD (normal images only) takes two steps an epoch, and DSAD (8 + 8 rows) all three.
+    task = PreparedTask.from_arrays(TRAIN[:17], TEST, ANOM)
+    settings = TrainSettings(epochs=2, batch_size=8, milestones=(2,))
+    unsupervised = train_and_evaluate(task, TRAIN[:1], DSVDD(), settings, seed=1, record_steps=100)
+    assert len(unsupervised.step_losses) == 2 * 2
+    epoch = unsupervised.step_losses[:2]
+    assert unsupervised.epoch_losses[0] == pytest.approx(sum(epoch) / 2, rel=1e-6)
+    supervised = train_and_evaluate(task, TRAIN[:1], DSAD(), settings, seed=1, record_steps=100)
+    assert len(supervised.step_losses) == 2 * 3
+
+
 # ---------------------------------------------------------------- short real trainings on digits
 
 

@@ -26,6 +26,7 @@ from oesearch.config import ConfigError
 from oesearch.data import DataError
 from oesearch.results.figures import png_bytes
 from oesearch.results.rundir import atomic_write_text
+from oesearch.search.statistics import RELIABLE
 
 __all__ = ["build_report", "default_output", "main", "write_report"]
 
@@ -46,6 +47,26 @@ def _img(fig: Figure, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def signal_section(runs: Sequence[Run]) -> str:
+    """How much of each run's fitness is the image and how much the training seed (generation 0's ANOVA)."""
+    lines = []
+    for run in runs:
+        signal = (run.summary or {}).get("signal")
+        if not signal:
+            continue
+        reps = run.config.search.repetitions
+        warn = "" if signal["reliability"] >= RELIABLE else " <b>below 0.5: the search mostly ranks seed luck</b>"
+        lines.append(f"<li>{html.escape(run.path.name)}: image SD {signal['image_sd']:.4f}, seed SD "
+                     f"{signal['seed_sd']:.4f}, ICC {signal['icc']:.3f} ({signal['images']} images x "
+                     f"{signal['seeds']} seeds); a {reps}-seed fitness has reliability "
+                     f"{signal['reliability']:.3f}{warn}</li>")
+    if not lines:
+        return ""
+    return ("<h2>Signal</h2><p>From generation 0, a random sample of images on the search seeds: the ICC is the "
+            "share of a training's AUC variance that the OE image explains; the reliability is that of a fitness "
+            "averaged over the search's seeds (Spearman-Brown).</p><ul>" + "".join(lines) + "</ul>")
+
+
 def build_report(runs: Sequence[Run], command: str) -> str:
     """The report's HTML for ``runs``; ``command`` is printed as the way to regenerate it."""
     parts = [f"<h1>oesearch report</h1><p>{len(runs)} run(s), generated {time.strftime('%Y-%m-%d %H:%M:%S')}.</p>"]
@@ -54,7 +75,11 @@ def build_report(runs: Sequence[Run], command: str) -> str:
         items = "".join(f"<li>{html.escape(r.path.name)}: {html.escape(r.status())}</li>" for r in partial)
         parts.append(f'<div class="partial"><b>Partial results</b>: still running or stopped early; '
                      f"regenerate the report to see more.<ul>{items}</ul></div>")
-    parts.append("<h2>Runs</h2>" + runs_table(runs).to_html(index=False, float_format="%.4f"))
+    parts.append("<h2>Runs</h2>" + runs_table(runs).to_html(index=False, float_format="%.4f")
+                 + "<p>validated: the top sample re-scored on fresh seeds, with its 95% CI; beats random: the share "
+                 "of a panel of random corpus images, scored on the same seeds, that it beats in the run's direction; "
+                 "vs random: its paired difference to the panel's mean, with a 95% CI.</p>")
+    parts.append(signal_section(runs))
     table = compare_table(runs)
     if not table.empty:
         parts.append("<h2>Mean AUC (%) of the single best and worst OE sample (Table 3 layout)</h2>"

@@ -21,6 +21,7 @@ from scipy.spatial.distance import pdist
 from oesearch.analysis.runs import Run, RunImages, distinct_labels, journal_generation_stats, run_images
 from oesearch.training.augment import frequency_filter
 from oesearch.results.figures import grid_figure
+from oesearch.results.report import entry_caption
 
 __all__ = ["GridRow", "best_worst_figures", "best_worst_rows", "diversity_figure", "fitness_curves",
            "panels", "population_diversity", "progress_figure", "fmt"]
@@ -55,7 +56,7 @@ def best_worst_rows(runs: Sequence[Run], columns: int = 8) -> dict[tuple[str, in
              for key in {(r.config.name, r.normal_class) for r in runs}}
     for run in sorted(runs, key=_order):
         top = run.hall_of_fame[:columns]
-        captions = [f"search {fmt(t['search_fitness'])}\nvalid {fmt(t['validated_fitness'])}" for t in top]
+        captions = [entry_caption(t) for t in top]
         label = f"{run.mode}\n{run.method.upper()}" + ("\nrandom" if run.strategy == "random" else "")
         if len(seeds[(run.config.name, run.normal_class)]) > 1:  # rows of one grid must not look alike
             label += f"\nseed {run.config.run.seed}"

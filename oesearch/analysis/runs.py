@@ -86,7 +86,7 @@ class Run:
         if self.summary is not None:
             return self.summary["top"]
         table = self.fitness_table.sort_values("fitness", ascending=self.mode == "worst", kind="stable")
-        validated = _validated(self.rows, self.config.search.validation_seeds)
+        validated = _validated(self.rows)
         top = []
         for rank, (indices, fitness) in enumerate(zip(table["indices"], table["fitness"]), start=1):
             if rank > self.config.search.hall_of_fame:
@@ -160,13 +160,13 @@ def distinct_labels(runs: Sequence[Run]) -> list[str]:
     return labels
 
 
-def _validated(rows: Sequence[dict[str, Any]], n_seeds: int) -> dict[tuple, tuple[float, float]]:
-    """(mean, std) of the validation AUC per individual that has all its validation trainings."""
-    by_key: dict[tuple, list[float]] = {}
+def _validated(rows: Sequence[dict[str, Any]]) -> dict[tuple, tuple[float, float]]:
+    """(mean, std) of the validation AUC per individual validated so far (a race gives them different seeds)."""
+    by_key: dict[tuple, dict[int, float]] = {}
     for r in rows:
         if r["purpose"] == "validate" and r["status"] == "ok":
-            by_key.setdefault(tuple(sorted(r["indices"])), []).append(r["auc"])
-    return {k: (float(np.mean(v)), float(np.std(v))) for k, v in by_key.items() if len(v) == n_seeds}
+            by_key.setdefault(tuple(sorted(r["indices"])), {})[r["seed"]] = r["auc"]
+    return {k: (float(np.mean(list(v.values()))), float(np.std(list(v.values())))) for k, v in by_key.items()}
 
 
 def load_run(path: str | Path) -> Run:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -31,8 +31,27 @@ def runs_table(runs: Sequence[Run]) -> pd.DataFrame:
             "top indices": " ".join(map(str, top.get("indices", []))),
             "search AUC": top.get("search_fitness", math.nan),
             "validated AUC": top.get("validated_fitness", math.nan),
+            "validated CI95": _interval(top.get("validated_ci95")),
+            "validated seeds": top.get("validated_seeds"),
+            "beats random": top.get("random_percentile"),
+            "vs random": _difference(top.get("vs_random"), top.get("distinguishable")),
+            "signal ICC": ((run.summary or {}).get("signal") or {}).get("icc"),
         })
     return pd.DataFrame(lines)
+
+
+def _interval(ci: Sequence[float | None] | None) -> str:
+    if not ci or ci[0] is None or not math.isfinite(ci[0]):
+        return ""
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
+
+
+def _difference(vs: dict[str, Any] | None, distinguishable: bool | None) -> str:
+    """The paired difference to the random panel's mean, its CI, and whether it tells the find from random."""
+    if not vs:
+        return ""
+    note = "" if distinguishable else " (not distinguishable)"
+    return f"{vs['difference']:+.4f} {_interval(vs['ci95'])}{note}"
 
 
 def compare_table(runs: Sequence[Run]) -> pd.DataFrame:

@@ -36,7 +36,8 @@ def grid_figure(
 ) -> Figure:
     """A grid: a row of ``normal_images``, then one row per (label, images, captions)."""
     columns = max([len(normal_images), *(len(images) for _, images, _ in rows), 1])
-    height = 1.6 * (1 + len(rows)) + 0.6
+    lines = max([1, *(c.count("\n") + 1 for _, _, captions in rows for c in captions)])
+    height = 1.6 * (1 + len(rows)) + 0.14 * max(0, lines - 2) * len(rows) + 0.6  # room for long captions
     fig = Figure(figsize=(1.3 * columns + 1.2, height))
     axes = fig.subplots(1 + len(rows), columns, squeeze=False)
     for ax in axes.ravel():

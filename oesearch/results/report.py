@@ -3,7 +3,9 @@
 ``summary.json`` holds at least ``method``, ``mode``, ``normal_class``,
 ``seed``, ``evaluations``, ``wall_seconds`` and ``top``: the final hall of
 fame in rank order, each entry with ``indices``, ``search_fitness`` and
-``validated_fitness``.
+``validated_fitness`` (and, from a search, ``validated_seeds``,
+``validated_ci95``, ``random_percentile`` and ``vs_random``); a search adds
+``signal``, ``random_panel`` and ``validation``.
 """
 
 from __future__ import annotations
@@ -17,33 +19,50 @@ import pandas as pd
 from oesearch.results.figures import sample_grid
 from oesearch.results.rundir import RunDir
 
-__all__ = ["genealogy_dict", "search_fitness_table", "write_outputs"]
+__all__ = ["genealogy_dict", "search_fitness_table", "write_outputs", "entry_caption", "flat_entry"]
 
 _GRID_COLUMNS = 8
 
 
 def search_fitness_table(rows: Sequence[dict[str, Any]], seeds: Sequence[int]) -> pd.DataFrame:
-    """Per individual: its search fitness (mean AUC over ``seeds``) and the generation it first appeared.
+    """Per individual: its search fitness, the seeds behind it and the generation it first appeared.
 
-    Individuals missing a seed or with a failed training are left out: they
-    have no honest fitness to rank by.
+    The fitness is the mean AUC over every search training of the individual:
+    ``seeds`` (the search's repetition seeds), plus any seeds a rescore added.
+    Individuals missing one of ``seeds`` or with a failed training are left out:
+    they have no honest fitness to rank by.
     """
-    frame = pd.DataFrame([r for r in rows if r["purpose"] == "search" and r["seed"] in set(seeds)])
+    frame = pd.DataFrame([r for r in rows if r["purpose"] == "search"])
     if frame.empty:
-        return pd.DataFrame(columns=["indices", "fitness", "generation"])
+        return pd.DataFrame(columns=["indices", "fitness", "seeds", "generation"])
     frame["key"] = frame["indices"].map(lambda idx: tuple(sorted(idx)))
+    frame = frame.drop_duplicates(["key", "seed"])  # a seed journaled twice (a resumed kill) counts once
+    base = set(seeds)
     grouped = frame.groupby("key").agg(
         fitness=("auc", "mean"),
         ok=("status", lambda s: bool((s == "ok").all())),
         seeds=("seed", "nunique"),
+        base=("seed", lambda s: len(base & set(s))),
         generation=("generation", "min"),
     )
-    grouped = grouped[grouped["ok"] & (grouped["seeds"] == len(set(seeds)))]
-    return grouped.reset_index().rename(columns={"key": "indices"})[["indices", "fitness", "generation"]]
+    grouped = grouped[grouped["ok"] & (grouped["base"] == len(base))]
+    return grouped.reset_index().rename(columns={"key": "indices"})[["indices", "fitness", "seeds", "generation"]]
 
 
-def _fmt(value: float) -> str:
+def _fmt(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def entry_caption(entry: dict[str, Any]) -> str:
+    """A grid caption: search fitness, validated fitness with its CI, and the share of random images it beats."""
+    lines = [f"search {_fmt(entry['search_fitness'])}", f"valid {_fmt(entry.get('validated_fitness'))}"]
+    lo, hi = entry.get("validated_ci95") or (None, None)
+    if lo is not None and math.isfinite(lo):
+        lines.append(f"[{lo:.3f}, {hi:.3f}]")
+    if entry.get("random_percentile") is not None:
+        mark = "" if entry.get("distinguishable") else " ~rand"
+        lines.append(f"beats {100 * entry['random_percentile']:.0f}%{mark}")
+    return "\n".join(lines)
 
 
 def write_outputs(
@@ -51,29 +70,26 @@ def write_outputs(
     *,
     config: Any,
     state: Any,
-    validated: Sequence[tuple[float, float]],
+    top: Sequence[dict[str, Any]],
     rows: Sequence[dict[str, Any]],
     search_seeds: Sequence[int],
     normal_train: np.ndarray,
     class_name: str,
     corpus_images: np.ndarray,
     wall_seconds: float,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write the stats, hall of fame, genealogy, grids and summary; return the summary."""
+    """Write the stats, hall of fame, genealogy, grids and summary; return the summary.
+
+    ``top`` is the validated hall of fame in final rank order; ``extra`` (the
+    signal, random panel and validation) is merged into ``summary.json``.
+    """
     mode = config.search.mode
-    hof = list(state.hall_of_fame)
-    top = [
-        {
-            "rank": rank + 1,
-            "indices": [int(i) for i in ind],
-            "search_fitness": float(ind.fitness.values[0]),
-            "validated_fitness": mean,
-            "validated_std": std,
-        }
-        for rank, (ind, (mean, std)) in enumerate(zip(hof, validated))
-    ]
+    top = [dict(t) for t in top]
     pd.DataFrame(state.logbook).to_csv(rundir.file("generations.csv"), index=False)
-    hof_frame = pd.DataFrame(top).assign(indices=lambda f: f["indices"].map(lambda i: " ".join(map(str, i))))
+    hof_frame = pd.DataFrame([flat_entry(t) for t in top])
+    if not hof_frame.empty:
+        hof_frame["indices"] = hof_frame["indices"].map(lambda i: " ".join(map(str, i)))
     rundir.write_text("hall_of_fame.csv", hof_frame.to_csv(index=False))
     rundir.write_json("genealogy.json", genealogy_dict(state))
 
@@ -83,8 +99,9 @@ def write_outputs(
     method = config.train.method.upper()
     for which in ("best", "worst"):
         if which == mode:  # this run's hall of fame, with both fitness numbers
-            chosen = [(t["indices"], f"search {_fmt(t['search_fitness'])}\nvalid {_fmt(t['validated_fitness'])}") for t in top]
-            heading = f"{which} {len(chosen)} OE samples ({method}, hall of fame, validated on fresh seeds)"
+            chosen = [(t["indices"], entry_caption(t)) for t in top]
+            heading = (f"{which} {len(chosen)} OE samples ({method}, hall of fame, validated on fresh seeds; "
+                       "~rand: not distinguishable from a random image)")
         else:  # the other end of what this search happened to evaluate
             part = table.tail(_GRID_COLUMNS)[::-1] if which == "best" else table.head(_GRID_COLUMNS)
             chosen = [(list(idx), f"search {_fmt(f)}") for idx, f in zip(part["indices"], part["fitness"])]
@@ -105,6 +122,7 @@ def write_outputs(
         "method": config.train.method,
         "mode": mode,
         "strategy": config.search.strategy,
+        "rescore": config.search.rescore,
         "normal_class": config.data.normal_class,
         "class_name": class_name,
         "seed": config.run.seed,
@@ -119,9 +137,21 @@ def write_outputs(
         "search_seeds": list(search_seeds),
         "top": top,
         "mean_search_minus_validated": float(np.mean(gaps)) if gaps else None,
+        **(extra or {}),
     }
     rundir.write_json("summary.json", summary)
     return summary
+
+
+def flat_entry(entry: dict[str, Any]) -> dict[str, Any]:
+    """A ``top`` entry as one CSV row: the CI and the panel comparison in columns of their own."""
+    flat = {k: v for k, v in entry.items() if k not in ("validated_ci95", "vs_random")}
+    lo, hi = entry.get("validated_ci95") or (None, None)
+    vs = entry.get("vs_random") or {}
+    ci = vs.get("ci95") or (None, None)
+    flat.update(validated_ci95_lo=lo, validated_ci95_hi=hi, vs_random_difference=vs.get("difference"),
+                vs_random_ci95_lo=ci[0], vs_random_ci95_hi=ci[1])
+    return flat
 
 
 def genealogy_dict(state: Any) -> dict[str, Any]:

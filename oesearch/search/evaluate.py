@@ -131,7 +131,7 @@ def run_evaluation(config: Config, rundir: RunDir, evaluation: Evaluation, log: 
         metrics.record_row(row)
 
     problem = FitnessProblem(normal_class=task.normal_class, corpus_size=len(pool), mode="best", search_seeds=(),
-                             validation_seeds=(), run_jobs=dispatcher.run, journal=journal,
+                             run_jobs=dispatcher.run, journal=journal,
                              cache=FitnessCache(rows), progress=progress)
     log(f"evaluate: {len(positions)} OE images x {len(seed_values)} seeds, {config.train.method}, class "
         f"{task.normal_class} ({task.class_name}), {len(dispatcher.slots)} {kind} workers; run id {rundir.path.name}")

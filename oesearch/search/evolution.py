@@ -10,6 +10,13 @@ corpus items within a random pool (:class:`~oesearch.search.neighbours.Neighbour
 The random-search baseline (Appendix D) runs through the same loop with
 "variation" replaced by a fresh batch of never-seen random individuals.
 
+Two noise-aware options run through the same loop, journal and checkpoint:
+``rescore: survivors`` gives every individual that survives a generation
+unchanged more seeds, so a lucky fitness cannot persist; ``strategy: aging`` is
+regularized evolution (Real et al., AAAI 2019): each generation adds mutated
+children of tournament winners and removes as many of the oldest individuals,
+so an image stays only while it is re-discovered.
+
 All randomness comes from two generators seeded by the run seed, a Python
 ``random.Random`` (coin flips, selection) and a NumPy ``Generator`` (pools);
 both are checkpointed each generation, so ``--resume`` continues exactly.
@@ -33,7 +40,8 @@ from oesearch.search.neighbours import NeighbourIndex
 from oesearch.search.problem import FitnessProblem
 from oesearch.seeding import derive_seed
 
-__all__ = ["individual_class", "EvolutionState", "Evolution", "mutate_near", "mate_near", "initial_indices"]
+__all__ = ["individual_class", "EvolutionState", "Evolution", "mutate_near", "mate_near", "initial_indices",
+           "renew", "forget_rescored", "random_individuals"]
 
 # DEAP's creator registers classes module-wide; create them once, guarded for reloads.
 if not hasattr(creator, "FitnessMax"):
@@ -95,6 +103,31 @@ def initial_indices(run_seed: int, corpus_size: int) -> np.ndarray:
     search with one seed share their initial population.
     """
     return np.random.default_rng(derive_seed(run_seed, "individuals")).permutation(corpus_size)
+
+
+def renew(individual: Any) -> None:
+    """Mark a changed individual for evaluation: no fitness, and the base seeds only (``problem.seeds_of``)."""
+    del individual.fitness.values
+    individual.__dict__.pop("seeds", None)
+
+
+def forget_rescored(hall_of_fame: tools.HallOfFame, rescored: Sequence[Any]) -> None:
+    """Drop hall-of-fame copies of individuals whose fitness was just re-measured.
+
+    A hall of fame keeps the fitness an entry had when it entered; after a rescore
+    the lucky old value must not outlive the new one, so the entry is removed and
+    ``update`` inserts it again (or not) with its current fitness.
+    """
+    keys = {tuple(sorted(ind)) for ind in rescored}
+    for position in reversed(range(len(hall_of_fame))):
+        if tuple(sorted(hall_of_fame[position])) in keys:
+            hall_of_fame.remove(position)
+
+
+def random_individuals(run_seed: int, corpus_size: int, count: int, oe_size: int = 1) -> list[list[int]]:
+    """The first ``count`` individuals of the seeded permutation: generation 0, then the images after it."""
+    chunk = initial_indices(run_seed, corpus_size)[: count * oe_size]
+    return [[int(i) for i in chunk[j : j + oe_size]] for j in range(0, len(chunk), oe_size)]
 
 
 def same_indices(a: Sequence[int], b: Sequence[int]) -> bool:
@@ -202,9 +235,18 @@ class Evolution:
             if gen == 0 or self.cfg.strategy == "random":
                 offspring = self._random_batch(gen)
                 state.history.update(offspring)
+            elif self.cfg.strategy == "aging":
+                children = self._aging_children(state.population, toolbox, py_rng)
+                offspring = state.population[len(children):] + children  # the oldest leave
             else:
                 offspring = self._vary(state.population, toolbox, py_rng)
+            rescoring = self.cfg.rescore == "survivors" and gen > 0
+            survivors = [ind for ind in offspring if ind.fitness.valid] if rescoring else []
             counts = self.problem.evaluate(offspring, gen)
+            if rescoring:
+                more = self.problem.rescore(survivors, gen)
+                counts = {k: counts[k] + more[k] for k in ("new", "cached", "failed")}
+                forget_rescored(state.hall_of_fame, survivors)
             state.population = offspring
             known = getattr(state, "populations", [])[:gen]  # absent from checkpoints written before it was kept
             state.populations = known + [None] * (gen - len(known)) + [[ind.history_index for ind in offspring]]
@@ -226,12 +268,23 @@ class Evolution:
         for i in range(0, len(offspring) - 1, 2):
             if py_rng.random() < self.cfg.mate_chance:
                 toolbox.mate(offspring[i], offspring[i + 1])
-                del offspring[i].fitness.values, offspring[i + 1].fitness.values
+                renew(offspring[i])
+                renew(offspring[i + 1])
         for ind in offspring:
             if py_rng.random() < self.cfg.mutation_chance:
                 toolbox.mutate(ind)
-                del ind.fitness.values
+                renew(ind)
         return offspring
+
+    def _aging_children(self, population: list, toolbox: base.Toolbox, py_rng: random.Random) -> list:
+        """Regularized evolution's step: each child is a mutated copy of a tournament winner."""
+        with borrowed_global_random(py_rng):
+            parents = toolbox.select(population, self.cfg.children_per_generation)
+        children = [toolbox.clone(ind) for ind in parents]
+        for child in children:
+            toolbox.mutate(child)
+            renew(child)
+        return children
 
     def _record(self, state: EvolutionState, gen: int, counts: dict, seconds: float) -> None:
         best = state.hall_of_fame[0].fitness.values[0] if len(state.hall_of_fame) else math.nan

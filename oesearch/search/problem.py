@@ -8,10 +8,8 @@ durably, and assigns fitness values.  The algorithm side
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Sequence
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from oesearch.search.fitness import FitnessCache, Job, job_key
@@ -24,7 +22,14 @@ class EvaluationCounts(dict):
 
 
 class FitnessProblem:
-    """Fitness of corpus-index individuals for one normal class, on a dispatcher."""
+    """Fitness of corpus-index individuals for one normal class, on a dispatcher.
+
+    An individual's fitness is its mean test AUC over its seeds: the first
+    ``len(search_seeds)`` of the search's seed sequence, or more once it has been
+    rescored (``individual.seeds``, set by :meth:`rescore`).  ``seed_of(r)`` is the
+    r-th seed of that sequence, so every individual's seeds are a prefix of it and
+    the cache answers any seed an image was ever trained with.
+    """
 
     def __init__(
         self,
@@ -32,28 +37,39 @@ class FitnessProblem:
         corpus_size: int,
         mode: str,
         search_seeds: Sequence[int],
-        validation_seeds: Sequence[int],
         run_jobs: Callable[[list[Job], Callable[[dict[str, Any]], None]], None],
         journal: Callable[[dict[str, Any]], None],
         cache: FitnessCache,
         progress: bool = True,
+        seed_of: Callable[[int], int] | None = None,
+        rescore_seeds: int = 0,
     ) -> None:
         self.normal_class = normal_class
         self.corpus_size = corpus_size
         self.mode = mode
         self.search_seeds = tuple(search_seeds)
-        self.validation_seeds = tuple(validation_seeds)
+        self._seed_of = seed_of
+        self.rescore_seeds = rescore_seeds
         self._run_jobs = run_jobs
         self._journal = journal
         self.cache = cache
         self.progress = progress
 
-    def _evaluate(self, slots: Sequence[tuple[int, Sequence[int]]], seeds: Sequence[int], purpose: str,
+    def seeds_of(self, individual: Any) -> tuple[int, ...]:
+        """The training seeds behind ``individual``'s fitness."""
+        count = getattr(individual, "seeds", len(self.search_seeds))
+        if count <= len(self.search_seeds):
+            return self.search_seeds[:count]
+        if self._seed_of is None:
+            raise ValueError("this problem has no seed sequence to rescore with (seed_of)")
+        return self.search_seeds + tuple(self._seed_of(r) for r in range(len(self.search_seeds), count))
+
+    def _evaluate(self, slots: Sequence[tuple[int, Sequence[int], Sequence[int]]], purpose: str,
                   generation: int | None, label: str) -> tuple[list[float], EvaluationCounts]:
-        """Train what the cache lacks for (slot, indices) pairs; return their fitness values."""
+        """Train what the cache lacks for (slot, indices, seeds) triples; return their fitness values."""
         jobs, queued = [], set()
         cached = 0
-        for slot, indices in slots:
+        for slot, indices, seeds in slots:
             for seed in seeds:
                 job = Job(self.normal_class, tuple(int(i) for i in indices), int(seed), purpose, generation, slot)
                 if job.key in self.cache:
@@ -72,33 +88,31 @@ class FitnessProblem:
                 bar.update(1)
 
             self._run_jobs(jobs, on_row)
-        values = [self.cache.fitness(self.normal_class, indices, seeds, self.mode) for _, indices in slots]
+        values = [self.cache.fitness(self.normal_class, indices, seeds, self.mode) for _, indices, seeds in slots]
         return values, EvaluationCounts(new=len(jobs), cached=cached, failed=failed)
 
     def evaluate(self, population: Sequence[list[int]], generation: int) -> EvaluationCounts:
         """Set the fitness of every individual whose fitness is invalid."""
-        invalid = [(slot, ind) for slot, ind in enumerate(population) if not ind.fitness.valid]
-        values, counts = self._evaluate(invalid, self.search_seeds, "search", generation, f"gen {generation}")
-        for (_, ind), value in zip(invalid, values):
+        invalid = [(slot, ind, self.seeds_of(ind)) for slot, ind in enumerate(population) if not ind.fitness.valid]
+        values, counts = self._evaluate(invalid, "search", generation, f"gen {generation}")
+        for (_, ind, _), value in zip(invalid, values):
+            ind.fitness.values = (value,)
+        return counts
+
+    def rescore(self, survivors: Sequence[list[int]], generation: int) -> EvaluationCounts:
+        """Give each survivor ``rescore_seeds`` more seeds; its fitness becomes the mean over all of them."""
+        for ind in survivors:
+            ind.seeds = len(self.seeds_of(ind)) + self.rescore_seeds
+        slots = [(slot, ind, self.seeds_of(ind)) for slot, ind in enumerate(survivors)]
+        values, counts = self._evaluate(slots, "search", generation, f"gen {generation} rescore")
+        for ind, value in zip(survivors, values):
             ind.fitness.values = (value,)
         return counts
 
     def scores(self, individuals: Sequence[Sequence[int]], seeds: Sequence[int], purpose: str,
                label: str | None = None) -> list[list[float | None]]:
         """Per individual, the test AUC of each seed (None where that training failed), training what is missing."""
-        self._evaluate(list(enumerate(individuals)), seeds, purpose, None, label or purpose)
+        self._evaluate([(slot, ind, seeds) for slot, ind in enumerate(individuals)], purpose, None, label or purpose)
         return [[row["auc"] if row["status"] == "ok" else None
                  for row in (self.cache.get(job_key(self.normal_class, indices, s)) for s in seeds)]
                 for indices in individuals]
-
-    def validate(self, individuals: Sequence[Sequence[int]]) -> list[tuple[float, float]]:
-        """(mean, std) of the test AUC over fresh validation seeds, per individual."""
-        if not self.validation_seeds:
-            return [(math.nan, math.nan)] * len(individuals)
-        out = []
-        for aucs in self.scores(individuals, self.validation_seeds, "validate"):
-            if None in aucs:
-                out.append((math.nan, math.nan))
-            else:
-                out.append((float(np.mean(aucs)), float(np.std(aucs))))
-        return out

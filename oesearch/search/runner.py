@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
@@ -16,15 +17,18 @@ from oesearch.config import Config, ConfigError, config_to_dict
 from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
 from oesearch.models import resolve_setup
 from oesearch.results import RunDir, write_outputs
+from oesearch.results.report import search_fitness_table
 from oesearch.results.storage import Mirror, is_uri
 from oesearch.search.bounds import auto_bound_dims
 from oesearch.search.cluster import ClusterLost, cluster_info, connect, current_cluster
 from oesearch.search.dispatch import Dispatcher, WorkersLost, plan_workers
-from oesearch.search.evolution import Evolution, EvolutionState
-from oesearch.search.fitness import FitnessCache, Job
+from oesearch.search.evolution import Evolution, EvolutionState, random_individuals
+from oesearch.search.fitness import FitnessCache, Job, job_key
 from oesearch.search.metrics import RunMetrics
 from oesearch.search.neighbours import NeighbourIndex, duplicate_groups_of
 from oesearch.search.problem import FitnessProblem
+from oesearch.search.statistics import Signal, compare_to_panel, mean_ci, variance_components
+from oesearch.search.validation import Finalist, fixed, race
 from oesearch.search.worker import FitnessWorker, WorkerSpec
 from oesearch.seeding import derive_seed
 from oesearch.training import TrainSettings
@@ -33,7 +37,8 @@ from oesearch.training.clip import ClipSpec, check_clip
 from oesearch.training.objectives import CLIP_METHODS
 
 __all__ = ["SearchData", "prepare", "worker_spec", "load_task", "load_search_data", "make_dispatcher", "dispatching",
-           "stopped_message", "check_against_data", "run_search", "search_seeds", "validation_seeds"]
+           "stopped_message", "check_against_data", "run_search", "search_seeds", "validation_seeds",
+           "repetition_seed", "generation_zero_signal", "auc_matrix", "report_signal", "validate", "describe_entry"]
 
 
 @dataclass
@@ -106,18 +111,27 @@ def check_against_data(config: Config, data: SearchData) -> None:
             check_clip(t.clip.model, t.clip.weights)
         except (ValueError, ImportError) as err:
             raise ConfigError(f"train.method {t.method}: {err}") from None
-    needed = s.population * s.oe_size * (s.generations + 1 if s.strategy == "random" else 1)
+    needed = max(s.population * (s.generations + 1 if s.strategy == "random" else 1),
+                 s.validation.random_panel) * s.oe_size
     if needed > n:
         what = "random search's budget" if s.strategy == "random" else "initial population"
         raise ConfigError(f"the {what} needs {needed} distinct corpus images but the corpus has {n}")
 
 
+def repetition_seed(run_seed: int, r: int) -> int:
+    """The r-th training seed of the search: the first ``repetitions`` make a fitness, rescores take the next."""
+    return derive_seed(run_seed, "repetition", r)
+
+
 def search_seeds(config: Config) -> list[int]:
-    return [derive_seed(config.run.seed, "repetition", r) for r in range(config.search.repetitions)]
+    return [repetition_seed(config.run.seed, r) for r in range(config.search.repetitions)]
 
 
 def validation_seeds(config: Config) -> list[int]:
-    return [derive_seed(config.run.seed, "validation", r) for r in range(config.search.validation_seeds)]
+    """Fresh seeds for the finalists and the random panel: the race's at most, or the fixed scheme's."""
+    v = config.search.validation
+    count = v.max_seeds if v.scheme == "race" else v.seeds
+    return [derive_seed(config.run.seed, "validation", r) for r in range(count)]
 
 
 def worker_spec(config: Config) -> WorkerSpec:
@@ -232,6 +246,8 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
 
     def after_generation(finished: EvolutionState) -> None:
         rundir.save_checkpoint(finished)
+        if finished.generation == 0:
+            report_signal(generation_zero_signal(config, problem), log)
         last = finished.logbook[-1]
         metrics.record_generation(finished.generation, last["min"], last["max"])
         if mirror:
@@ -242,11 +258,12 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
         corpus_size=len(data.corpus),
         mode=config.search.mode,
         search_seeds=search_seeds(config),
-        validation_seeds=validation_seeds(config),
         run_jobs=dispatcher.run,
         journal=journal,
         cache=FitnessCache(rows),
         progress=progress,
+        seed_of=lambda r: repetition_seed(config.run.seed, r),
+        rescore_seeds=config.search.rescore_seeds,
     )
     log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
         f"{config.search.population}, the initial generation plus {config.search.generations}, {len(dispatcher.slots)} "
@@ -254,12 +271,14 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
     evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=after_generation, log=log)
     with dispatching(dispatcher, rundir, cluster):
         state = evolution.run(state)
-        validated = problem.validate([list(ind) for ind in state.hall_of_fame])
+        top, extra = validate(config, problem, state, rundir.journal_rows(), log)
+    signal = generation_zero_signal(config, problem)
     summary = write_outputs(
         rundir,
         config=config,
         state=state,
-        validated=validated,
+        top=top,
+        extra={"signal": signal.as_dict() if signal else None, **extra},
         rows=rundir.journal_rows(),
         search_seeds=problem.search_seeds,
         normal_train=data.task.train,
@@ -276,6 +295,132 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
     if mirror:
         mirror.sync()
     for entry in summary["top"]:
-        log(f"hall of fame #{entry['rank']}: indices {entry['indices']} search {entry['search_fitness']:.4f} "
-            f"validated {entry['validated_fitness']:.4f} +- {entry['validated_std']:.4f}")
+        log(describe_entry(entry, config.search.mode))
     return summary
+
+
+# --- how much of a fitness is the image, and is the find better than a random image ---------------------------
+
+
+def generation_zero_signal(config: Config, problem: FitnessProblem) -> Signal | None:
+    """Variance components of generation 0: a random sample of images, each on the search seeds."""
+    s = config.search
+    if len(problem.search_seeds) < 2:
+        return None
+    individuals = random_individuals(config.run.seed, problem.corpus_size, s.population, s.oe_size)
+    matrix = auc_matrix(problem, individuals, problem.search_seeds)
+    try:
+        return variance_components(matrix, s.repetitions)
+    except ValueError:  # fewer than two images finished every seed
+        return None
+
+
+def auc_matrix(problem: FitnessProblem, individuals: Sequence[Sequence[int]], seeds: Sequence[int]) -> np.ndarray:
+    """Images x seeds test AUCs from the cache (NaN: failed or not trained)."""
+    keys = (job_key(problem.normal_class, ind, seed) for ind in individuals for seed in seeds)
+    rows = (problem.cache.get(key) if key in problem.cache else None for key in keys)
+    values = [r["auc"] if r is not None and r["status"] == "ok" else math.nan for r in rows]
+    return np.asarray(values, dtype=float).reshape(len(individuals), len(seeds))
+
+
+def report_signal(signal: Signal | None, log: Callable[[str], None], source: str = "generation 0, ") -> None:
+    """Print the variance components, and a plain warning when the fitness is mostly seed noise."""
+    if signal is None:
+        return
+    log(f"signal ({source}{signal.images} images x {signal.seeds} seeds): image SD {signal.image_sd:.4f}, "
+        f"seed SD {signal.seed_sd:.4f}, ICC {signal.icc:.3f}; a {signal.repetitions}-seed fitness has "
+        f"reliability {signal.reliability:.3f}")
+    advice = signal.advice()
+    if advice:
+        log(f"warning: {advice}")
+
+
+def validate(config: Config, problem: FitnessProblem, state: EvolutionState, rows: Sequence[dict[str, Any]],
+             log: Callable[[str], None]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Re-score the finalists on fresh seeds (race or fixed), then compare each with the random panel.
+
+    Returns the ``top`` entries in final rank order and the summary's ``random_panel`` and ``validation``.
+    Every training goes through the journal and cache, so a killed validation resumes where it stopped and
+    repeats the same decisions.
+    """
+    s, v = config.search, config.search.validation
+    mode, seeds = s.mode, validation_seeds(config)
+
+    def score(finalists: list[Finalist], new_seeds: list[int]) -> list[list[float]]:
+        aucs = problem.scores([list(f.indices) for f in finalists], new_seeds, "validate", "validate")
+        return [[math.nan if a is None else a for a in row] for row in aucs]
+
+    table = search_fitness_table(rows, problem.search_seeds)  # the mean over every search training of each
+    if v.scheme == "race":
+        table = table.sort_values("fitness", ascending=mode == "worst", kind="stable").head(2 * s.hall_of_fame)
+        finalists = [Finalist(tuple(int(i) for i in idx), float(f), []) for idx, f in
+                     zip(table["indices"], table["fitness"])]
+        if seeds and finalists:
+            log(f"validation: race of the top {len(finalists)} by search fitness on up to {len(seeds)} fresh seeds")
+            finalists = race(finalists, seeds, score, mode, first=v.seeds, step=v.round_seeds, level=v.level,
+                             keep=s.hall_of_fame, log=log)
+        raced = sum(f.seeds for f in finalists)  # the dropped candidates' trainings count too
+        finalists = finalists[: s.hall_of_fame]
+    else:
+        fitness = dict(zip(table["indices"], table["fitness"]))
+        finalists = [Finalist(tuple(int(i) for i in ind),
+                              float(fitness.get(tuple(sorted(ind)), ind.fitness.values[0])), [])
+                     for ind in state.hall_of_fame]
+        if seeds:
+            finalists = fixed(finalists, seeds, score, mode)
+        raced = sum(f.seeds for f in finalists)
+
+    used = max((f.seeds for f in finalists), default=0)
+    panel_individuals = random_individuals(config.run.seed, problem.corpus_size, v.random_panel, s.oe_size)
+    panel_seeds = seeds[:used]
+    if panel_individuals and panel_seeds:
+        log(f"validation: a random panel of {len(panel_individuals)} generation-0 images on the same "
+            f"{len(panel_seeds)} fresh seeds")
+        problem.scores(panel_individuals, panel_seeds, "panel", "random panel")
+    panel = auc_matrix(problem, panel_individuals, panel_seeds)
+    complete = panel[np.isfinite(panel).all(axis=1)] if panel.size else panel
+    means = complete.mean(axis=1) if complete.size else np.array([])
+    random_panel = {"images": int(len(complete)), "seeds": len(panel_seeds),
+                    "mean": float(means.mean()) if means.size else None,
+                    "sd": float(means.std(ddof=1)) if means.size > 1 else None}
+
+    top = []
+    for rank, f in enumerate(finalists, start=1):
+        aucs = np.asarray(f.aucs, dtype=float)
+        ok = aucs[np.isfinite(aucs)]
+        mean, lo, hi = mean_ci(ok, v.level) if ok.size else (math.nan, math.nan, math.nan)
+        entry: dict[str, Any] = {
+            "rank": rank, "indices": list(f.indices), "search_fitness": f.search_fitness,
+            "validated_fitness": mean, "validated_std": float(np.std(ok)) if ok.size else math.nan,
+            "validated_seeds": int(ok.size), "validated_ci95": [lo, hi],
+            "random_percentile": None, "vs_random": None, "distinguishable": None,
+        }
+        if v.scheme == "race":
+            entry["race"] = "survived" if f.dropped_at is None else f"dropped after {f.dropped_at} seeds"
+        others = [i for i, ind in enumerate(panel_individuals) if sorted(ind) != sorted(f.indices)]
+        own = panel[others, : f.seeds] if others else panel[:0, : f.seeds]
+        own = own[np.isfinite(own).all(axis=1)] if own.size else own
+        if len(own) and ok.size == f.seeds and f.seeds:
+            cmp = compare_to_panel(aucs, own, mode, v.level)
+            entry.update(random_percentile=cmp.percentile,
+                         vs_random={"difference": cmp.difference, "ci95": list(cmp.ci95)},
+                         distinguishable=cmp.distinguishable)
+        top.append(entry)
+    validation = {"scheme": v.scheme, "seeds": seeds, "level": v.level, "trainings": raced,
+                  "panel_trainings": int(panel.size)}
+    return top, {"random_panel": random_panel, "validation": validation}
+
+
+def describe_entry(entry: dict[str, Any], mode: str) -> str:
+    """One line per hall-of-fame entry: search and validated fitness, CI, and how it compares with random images."""
+    line = (f"hall of fame #{entry['rank']}: indices {entry['indices']} search {entry['search_fitness']:.4f} "
+            f"validated {entry['validated_fitness']:.4f}")
+    lo, hi = entry.get("validated_ci95") or (math.nan, math.nan)
+    if lo is not None and math.isfinite(lo):
+        line += f" [{lo:.4f}, {hi:.4f}] on {entry['validated_seeds']} seeds"
+    if entry.get("vs_random"):
+        d = entry["vs_random"]
+        line += (f"; beats {100 * entry['random_percentile']:.0f}% of the random panel in {mode} mode, "
+                 f"{d['difference']:+.4f} [{d['ci95'][0]:+.4f}, {d['ci95'][1]:+.4f}] vs its mean"
+                 + ("" if entry["distinguishable"] else " (not distinguishable from a random image)"))
+    return line

@@ -10,10 +10,17 @@ the package) so that it starts in a fraction of a second and imports only psutil
 
 from __future__ import annotations
 
+import os
 import sys
-import threading
 
-import psutil
+# Run as a script, Python puts this file's folder first on sys.path, where the package's own modules (signal.py,
+# statistics.py) would shadow the standard library's for psutil and threading.
+_here = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _here]
+
+import threading  # noqa: E402
+
+import psutil  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

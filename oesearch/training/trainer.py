@@ -239,17 +239,20 @@ def _train(task: PreparedTask, oe_images: np.ndarray, objective: Objective, sett
     optimiser = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
 
-    steps = math.ceil(task.train.shape[0] / settings.batch_size)
     epoch_losses: list[float] = []
     recorded: list[torch.Tensor] = []  # detached step losses, read once at the end (no sync per step)
     model.train()
     for epoch in range(settings.epochs):
         total = torch.zeros((), device=device)
+        steps = 0
         for x in balanced_batches(task.train, oe, settings.batch_size, gen, augment, task.prepare,
                                   task.prepare if oe_per_batch else None):
             b = x.shape[0] // 2
             if not uses_oe:  # unsupervised: OE reaches neither the loss nor the BatchNorm statistics
                 x = x[:b]
+                if b < 2:  # a last batch of one image has no batch statistics: training BatchNorm refuses it
+                    continue
+            steps += 1
             is_outlier = torch.arange(x.shape[0], device=device) >= b
             with forward:
                 out = model(place_input(x, settings.channels_last))
