@@ -43,7 +43,7 @@ from oesearch.config import config_from_dict  # noqa: E402
 from oesearch.results.rundir import to_json  # noqa: E402
 from oesearch.search.cluster import connect  # noqa: E402
 from oesearch.search.evolution import Evolution, EvolutionState  # noqa: E402
-from oesearch.search.fitness import FitnessCache, Job, row_key  # noqa: E402
+from oesearch.search.fitness import FitnessCache, Job, job_key, row_key  # noqa: E402
 from oesearch.search.problem import FitnessProblem  # noqa: E402
 from oesearch.search.runner import make_dispatcher, prepare, repetition_seed  # noqa: E402
 from oesearch.search.statistics import beats_share, mean_ci  # noqa: E402
@@ -124,7 +124,7 @@ def judge(store: SharedTrainings, normal_class: int, candidates: list[list[int]]
     store.run_jobs(jobs, lambda row: None)
     out = {}
     for key, ind in wanted.items():
-        rows = [store.rows[Job(normal_class, tuple(ind), seed, "judge", None, 0).key] for seed in seeds]
+        rows = [store.rows[job_key(normal_class, ind, seed)] for seed in seeds]
         out[key] = np.array([r["auc"] if r["status"] == "ok" else math.nan for r in rows], dtype=float)
     return out
 

@@ -113,6 +113,10 @@ class FitnessProblem:
                label: str | None = None) -> list[list[float | None]]:
         """Per individual, the test AUC of each seed (None where that training failed), training what is missing."""
         self._evaluate([(slot, ind, seeds) for slot, ind in enumerate(individuals)], purpose, None, label or purpose)
-        return [[row["auc"] if row["status"] == "ok" else None
-                 for row in (self.cache.get(job_key(self.normal_class, indices, s)) for s in seeds)]
-                for indices in individuals]
+        return self.cached_aucs(individuals, seeds)
+
+    def cached_aucs(self, individuals: Sequence[Sequence[int]], seeds: Sequence[int]) -> list[list[float | None]]:
+        """Per individual, the journaled test AUC of each seed; None where it failed or was never trained."""
+        keys = [[job_key(self.normal_class, indices, s) for s in seeds] for indices in individuals]
+        return [[self.cache.get(k)["auc"] if k in self.cache and self.cache.get(k)["status"] == "ok" else None
+                 for k in row] for row in keys]

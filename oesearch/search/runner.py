@@ -23,7 +23,7 @@ from oesearch.search.bounds import auto_bound_dims
 from oesearch.search.cluster import ClusterLost, cluster_info, connect, current_cluster
 from oesearch.search.dispatch import Dispatcher, WorkersLost, plan_workers
 from oesearch.search.evolution import Evolution, EvolutionState, random_individuals
-from oesearch.search.fitness import FitnessCache, Job, job_key
+from oesearch.search.fitness import FitnessCache, Job
 from oesearch.search.metrics import RunMetrics
 from oesearch.search.neighbours import NeighbourIndex, duplicate_groups_of
 from oesearch.search.problem import FitnessProblem
@@ -317,10 +317,13 @@ def generation_zero_signal(config: Config, problem: FitnessProblem) -> Signal | 
 
 def auc_matrix(problem: FitnessProblem, individuals: Sequence[Sequence[int]], seeds: Sequence[int]) -> np.ndarray:
     """Images x seeds test AUCs from the cache (NaN: failed or not trained)."""
-    keys = (job_key(problem.normal_class, ind, seed) for ind in individuals for seed in seeds)
-    rows = (problem.cache.get(key) if key in problem.cache else None for key in keys)
-    values = [r["auc"] if r is not None and r["status"] == "ok" else math.nan for r in rows]
-    return np.asarray(values, dtype=float).reshape(len(individuals), len(seeds))
+    return as_matrix(problem.cached_aucs(individuals, seeds), len(seeds))
+
+
+def as_matrix(aucs: Sequence[Sequence[float | None]], seeds: int) -> np.ndarray:
+    """Per-individual AUC lists (None: failed or missing) as an images x seeds float array with NaN."""
+    values = [math.nan if a is None else a for row in aucs for a in row]
+    return np.asarray(values, dtype=float).reshape(len(aucs), seeds)
 
 
 def report_signal(signal: Signal | None, log: Callable[[str], None], source: str = "generation 0, ") -> None:
@@ -348,7 +351,7 @@ def validate(config: Config, problem: FitnessProblem, state: EvolutionState, row
 
     def score(finalists: list[Finalist], new_seeds: list[int]) -> list[list[float]]:
         aucs = problem.scores([list(f.indices) for f in finalists], new_seeds, "validate", "validate")
-        return [[math.nan if a is None else a for a in row] for row in aucs]
+        return as_matrix(aucs, len(new_seeds)).tolist()
 
     table = search_fitness_table(rows, problem.search_seeds)  # the mean over every search training of each
     if v.scheme == "race":
