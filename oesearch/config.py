@@ -8,10 +8,13 @@ that list the valid ones; bad values say what is allowed.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from oesearch.methods import CLIP_METHODS, NAMES
+from oesearch.methods import method as method_info
 
 __all__ = [
     "ConfigError",
@@ -29,6 +32,7 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "config_from_dict",
+    "field_default",
 ]
 
 
@@ -215,9 +219,7 @@ class ClipConfig(_Section):
         return self
 
 
-CLIP_METHODS = ("clip_zero_shot", "bce_cl")
-Method = Literal["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"]
-METHODS: tuple[str, ...] = get_args(Method)
+Method = Literal[NAMES]  # the registry's names (oesearch/methods.py)
 
 
 class TrainConfig(_Section):
@@ -496,11 +498,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _packable_method(self) -> "Config":
-        if self.train.method in ("dsad", "dsvdd") and isinstance(self.run.pack, int) and self.run.pack > 1:
-            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} (centre-based) trains "
-                             "unpacked only; use run.pack 1 or auto")
-        if self.train.method in CLIP_METHODS and isinstance(self.run.pack, int) and self.run.pack > 1:
-            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} (CLIP) trains "
+        info = method_info(self.train.method)
+        if not info.packable and isinstance(self.run.pack, int) and self.run.pack > 1:
+            why = "CLIP" if info.clip else "centre-based" if info.needs_centre else "no OE"
+            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} ({why}) trains "
                              "unpacked only; use run.pack 1 or auto")
         return self
 
@@ -599,6 +600,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """The config in ``path`` (or the embedded default) with ``overrides`` applied."""
     raw = read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    """The default of ``model``'s field ``name``: the one place a default is written (training's
+    dataclasses take theirs from here)."""
+    return model.model_fields[name].get_default(call_default_factory=True)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

@@ -21,8 +21,9 @@ from oesearch.data.embedded import load_digits_split, load_natural_patches  # no
 from oesearch.data.splits import OneVsRest, leave_one_class_out, one_vs_rest  # noqa: E402
 from oesearch.models.clip import ClipDetector, clip_inputs, fine_tune_bce_cl, load_clip  # noqa: E402
 from oesearch.search.fitness import Job  # noqa: E402
-from oesearch.search.runner import prepare, worker_spec  # noqa: E402
-from oesearch.search.worker import WorkerSpec, _FitnessWorker  # noqa: E402
+from oesearch.experiments.search import prepare  # noqa: E402
+from oesearch.distributed.fitness_worker import _FitnessWorker  # noqa: E402
+from oesearch.training.settings import WorkerSpec, worker_spec  # noqa: E402
 from oesearch.training import TrainSettings, make_objective, train_and_evaluate  # noqa: E402
 from oesearch.training import clip as clip_methods  # noqa: E402
 from oesearch.training.clip import ClipSpec, cached_clip  # noqa: E402
@@ -225,8 +226,8 @@ def test_config_and_objectives_agree_on_the_clip_methods() -> None:
 
 def test_benchmark_cells_run_the_clip_methods(weights, task, oe) -> None:
     """A benchmark's worker gives the same zero-shot AUC as the detector itself, and refuses CLIP under LOCO."""
-    from oesearch.benchmark.plan import BenchData, plan_benchmark
-    from oesearch.benchmark.worker import BenchmarkWorkerBase
+    from oesearch.sweep.cells import BenchData, plan_benchmark
+    from oesearch.distributed.cell_worker import BenchmarkWorkerBase
     from oesearch.data import ImageStore
 
     labels = np.array([8] * len(task.train) + [0] * 4)

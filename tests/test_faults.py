@@ -28,8 +28,10 @@ from oesearch.results import RunDir
 from oesearch.search.evolution import initial_indices
 from oesearch.search.fitness import job_key
 from oesearch.search.fitness import Job
-from oesearch.search.runner import prepare, run_search, search_seeds, worker_spec
-from oesearch.search.worker import FitnessWorkerBase
+from oesearch.experiments.search import prepare, run_search
+from oesearch.search.seeds import search_seeds
+from oesearch.training.settings import worker_spec
+from oesearch.distributed.fitness_worker import FitnessWorkerBase
 
 MAX_RETRIES = 1
 TIMEOUT_OVER_TRAINING = 10  # a training under the search's 2 workers may run several times slower than alone

@@ -20,7 +20,7 @@ import yaml
 
 from oesearch.config import load_config
 from oesearch.models import ModelSetup
-from oesearch.search.runner import worker_spec
+from oesearch.training.settings import worker_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "search_configs"
