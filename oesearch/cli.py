@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Without a subcommand, `oesearch ARGS` is `oesearch search ARGS`.",
         epilog="`oesearch COMMAND --help` describes each command.",
     )
-    sub = p.add_subparsers(dest="command", title="commands", metavar="{" + ",".join(COMMANDS) + "}")
+    sub = p.add_subparsers(dest="command", title="commands", parser_class=argparse.ArgumentParser, metavar="{" + ",".join(COMMANDS) + "}")
     run = _run_parser()
 
     search = sub.add_parser("search", parents=[run], help="search for the best or worst OE images (the default)",

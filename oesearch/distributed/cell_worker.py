@@ -20,6 +20,7 @@ import ray
 from oesearch.distributed.worker import WorkerBase
 from oesearch.sweep.cells import BenchData, BenchSetup, Cell, class_data, oe_index
 from oesearch.training import NonFiniteLossError, PreparedTask, train_and_evaluate
+from oesearch.training.clip import cached_clip
 
 __all__ = ["BenchmarkWorkerBase", "BenchmarkWorker"]
 
@@ -34,6 +35,9 @@ class BenchmarkWorkerBase(WorkerBase):
         self.data = data
         self.setup = setup
         self._tasks: OrderedDict[tuple, tuple[PreparedTask, Any]] = OrderedDict()
+        for spec in setup.specs.values():  # CLIP loads now, once per process, not inside a timed training
+            if spec.clip is not None:
+                cached_clip(spec.clip.model, spec.clip.weights, self.device)
 
     def prepared(self, cell: Cell) -> tuple[PreparedTask, Any]:
         """The cell's task on the device (normalised by its normal training images) and its OE pool."""
