@@ -1,8 +1,12 @@
 """Experiment configuration: one YAML per experiment, validated into typed sections.
 
 The defaults of these models *are* the embedded default experiment
-(``search_configs/embedded.yaml`` spells them out).  Unknown keys are errors
-that list the valid ones; bad values say what is allowed.
+(``search_configs/embedded.yaml`` spells them out), and the only place a
+default is written: the training layer's dataclasses read theirs with
+:func:`field_default`, and :mod:`oesearch.training.settings` is the one bridge
+from these sections to a worker's training settings.  Unknown keys are errors
+that list the valid ones; bad values say what is allowed.  docs/configuration.md
+is generated from these models (``python -m oesearch.config_docs``).
 """
 
 from __future__ import annotations

@@ -216,12 +216,26 @@ def test_the_frequency_filter_reaches_clip_at_the_datas_own_size(weights, task, 
     assert row["auc"] != plain["auc"]
 
 
-def test_config_and_objectives_agree_on_the_clip_methods() -> None:
-    from oesearch import config
-    from oesearch.training import objectives
+def test_config_training_and_cli_read_one_method_registry() -> None:
+    """oesearch.methods is the one list: config's choices, the CLI's, the objectives and packing follow it."""
+    from oesearch import methods
+    from oesearch.cli import build_parser
 
-    assert config.CLIP_METHODS == objectives.CLIP_METHODS
-    assert set(objectives.METHODS) == set(config.TrainConfig.model_fields["method"].annotation.__args__)
+    assert methods.CLIP_METHODS == ("clip_zero_shot", "bce_cl")
+    assert config_from_dict({}).train.model_fields["method"].annotation.__args__ == methods.NAMES
+    for name, info in methods.METHODS.items():
+        assert build_parser().parse_args(["--method", name]).method == name
+        objective = make_objective(name, class_name="8")
+        assert objective.name == name and packable(objective) == info.packable
+        assert getattr(objective, "uses_oe", True) == info.uses_oe
+        assert hasattr(objective, "prepare") == info.needs_centre and hasattr(objective, "fit_and_score") == info.clip
+        refused = not info.packable
+        try:
+            config_from_dict({"train": {"method": name}, "run": {"pack": 2}})
+        except Exception as err:  # noqa: BLE001
+            assert refused and "trains unpacked only" in str(err), err
+        else:
+            assert not refused, f"{name} is not packable, yet run.pack 2 was accepted"
 
 
 def test_benchmark_cells_run_the_clip_methods(weights, task, oe) -> None:

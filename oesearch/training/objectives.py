@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from oesearch.training.clip import ClipSpec
 
 from oesearch import methods
+from oesearch.config import TrainConfig, field_default
 from oesearch.training.types import Objective
 
 __all__ = ["Objective", "HSC", "BCE", "Focal", "DSAD", "DSVDD", "RADIAL_FUNCTIONS", "make_objective",
@@ -148,8 +149,9 @@ def packable(objective: Objective) -> bool:
     return methods.packable(objective.name)
 
 
-def make_objective(method: str, radial: str = "pseudo_huber", focal_gamma: float = 2.0,
-                   focal_alpha: float = 0.5, clip: "ClipSpec | None" = None, class_name: str | None = None
+def make_objective(method: str, radial: str = field_default(TrainConfig, "hsc_radial"),
+                   focal_gamma: float = field_default(TrainConfig, "focal_gamma"),
+                   focal_alpha: float = field_default(TrainConfig, "focal_alpha"), clip: "ClipSpec | None" = None, class_name: str | None = None
                    ) -> Objective:
     """The objective called ``method`` (a name of the registry, :data:`oesearch.methods.METHODS`).
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from oesearch.config import Config, ModelConfig, TrainConfig
+from oesearch.config import Config, ModelConfig, TrainConfig, field_default
 from oesearch.methods import method
 from oesearch.models import resolve_setup
 from oesearch.training.augment import Augment
@@ -28,8 +28,8 @@ class WorkerSpec:
     hsc_radial: str
     settings: TrainSettings
     filter: tuple[str, int] | None = None  # frequency filter on every image, e.g. ("lpf", 14)
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.5
+    focal_gamma: float = field_default(TrainConfig, "focal_gamma")
+    focal_alpha: float = field_default(TrainConfig, "focal_alpha")
     clip: ClipSpec | None = None  # the CLIP methods' model, weights and BCE-CL schedule (train.clip)
 
     def objective(self, class_name: str | None = None) -> Objective:
