@@ -50,13 +50,17 @@ NOTES: dict[str, str] = {
     "train.milestones": "epochs at which the learning rate is multiplied by 0.1",
     "train.weight_decay": "Adam weight decay",
     "train.augment": "drawn from each training's seed; all off, as in the paper's searches",
+    "train.augment.crop": "crops back at a random offset",
+    "train.augment.flip": "mirrors half the images",
     "train.augment.brightness": "brightness is applied before contrast",
     "train.filter": "applied at the data's own size",
     "train.filter.kind": "`lpf` zeroes the first and last `magnitude` rows and columns of the shifted 2-D "
                          "spectrum, `hpf` its centred `magnitude` x `magnitude` block; the real part of the inverse "
                          "FFT is kept, as in the paper, so on even sizes a cut frequency whose mirror (-f) is kept "
                          "comes back at half amplitude (tested in the FFT domain)",
-    "train.precision": "bf16 keeps float32 parameters, optimiser state, losses and scores; tf32 restores the "
+    "train.focal_alpha": "1−α weighs the normal class",
+    "train.precision": "applies to every training, unpacked and packed; bf16 runs the forward passes of training "
+                       "and test scoring under `torch.autocast` on the device's type and keeps float32 parameters, optimiser state, losses and scores; tf32 restores the "
                        "flags after the training. Only `fp32` reproduces earlier results bit for bit",
     "train.channels_last": "which tensor cores and oneDNN prefer for convolutions; same losses as the default to "
                            "float rounding; not with the CLIP methods (a config error)",
@@ -73,6 +77,7 @@ NOTES: dict[str, str] = {
     "search.mate_chance": "chance that a pair (0,1),(2,3)… mates",
     "search.mutation_chance": "chance that an individual mutates",
     "search.pool": "`all`: global k-NN, a deviation from the paper",
+    "search.oe_size": "mutation and mating act per position",
     "search.hall_of_fame": "individuals kept; the top 2 × this many race (`search.validation`)",
     "search.validation.max_seeds": "the paper configs use 16",
     "search.index.kind": "`flat` is exact (a draw costs O(pool x D), whatever the corpus size); past about 1M "
