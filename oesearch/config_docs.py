@@ -141,10 +141,8 @@ SECTION_PROSE: dict[str, str] = {
               "[trusting a result](trust.md). `search.validation_seeds` of earlier versions is an error that "
               "says what replaced it.",
     "run": "Where and how a run executes; see [running on a cluster](cluster.md).",
-    "benchmark": "`oesearch benchmark` only ([benchmarks](benchmark.md)): every class x method x OE size x seed "
-                 "is one cell. The `train` section gives every cell's settings, `train.method` replaced by each "
-                 "method (and `benchmark.overrides` applied); `data.normal_class`, `search.*` and `run.pack` are "
-                 "not used (cells train unpacked). Bad values fail before anything is written or started: an "
+    "benchmark": "Read by `oesearch benchmark` only ([benchmarks](benchmark.md)), which trains every cell with "
+                 "the `train` section, `train.method` replaced by each method. Bad values fail before anything is written or started: an "
                  "unknown key, protocol or method, a class out of range, an OE size larger than the corpus (or "
                  "the split's OE), too many split OE classes, an override the `train` section would refuse.",
 }
