@@ -210,3 +210,14 @@ def test_generator_is_torch_free():
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                             env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+def test_every_template_note_names_a_key_of_the_schema():
+    """A note on a renamed or removed key would silently drop out of the page: each must name a real key."""
+    keys = set(schema_keys())
+    for union in (schema.NormalSource, schema.CorpusSource):
+        for source in union.__origin__.__args__:
+            kind = source.model_fields["kind"].annotation.__args__[0]
+            keys |= {f"{kind}.{name}" for name in source.model_fields}
+    orphans = sorted(set(config_docs.NOTES) - keys)
+    assert not orphans, f"NOTES in oesearch/config_docs.py for keys the schema lacks: {orphans}"
