@@ -232,7 +232,7 @@ class TrainConfig(_Section):
     focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (paper Section 4); 0 is BCE scaled by alpha")
     focal_alpha: float = Field(0.5, gt=0, lt=1, description="Focal loss weight of the outlier class; 0.5 on "
                                "balanced batches (paper Appendix F)")
-    # Embedded defaults, calibrated with `oesearch signal` (README "Signal"): at batch 8 the OE image
+    # Embedded defaults, calibrated with `oesearch signal` (docs/trust.md "Signal"): at batch 8 the OE image
     # explains about a third of HSC's AUC variance on 8x8 digits (ICC 0.35); at batch 32 or the paper's
     # 30 epochs at lr 1e-3 it explains almost none, and the search would rank seed luck.
     epochs: int = Field(15, ge=1)
