@@ -326,7 +326,8 @@ def _search(args: argparse.Namespace) -> int:
                 rundir.path.rmdir()  # still empty: a run that never started leaves nothing behind
             raise
         tell_supervisor(rundir, cluster)
-        run_search(config, rundir, data=data, progress=not args.no_progress, report=write_report)
+        run_search(config, rundir, data=data, progress=not args.no_progress,
+                   report=lambda path: write_report([path]))
     except _expected() as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
