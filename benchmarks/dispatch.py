@@ -4,7 +4,7 @@
 
 A localhost multi-node Ray cluster (``ray.cluster_utils.Cluster``) carries a
 custom ``sim_gpu`` resource; N worker actors each hold one.  The real
-:class:`~oesearch.search.dispatch.Dispatcher` feeds them generation by
+:class:`~oesearch.distributed.dispatch.Dispatcher` feeds them generation by
 generation, as a search does (the generation is a barrier), with a fake
 fitness: each evaluation sleeps for a duration drawn from a gamma
 distribution with the given mean and coefficient of variation.
@@ -35,7 +35,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from oesearch.search.dispatch import Dispatcher  # noqa: E402
+from oesearch.distributed.dispatch import Dispatcher  # noqa: E402
 from oesearch.search.fitness import Job  # noqa: E402
 
 

@@ -33,7 +33,7 @@ from _cifar import cifar_tree  # noqa: E402
 
 from oesearch.config import config_from_dict  # noqa: E402
 from oesearch.results import RunDir  # noqa: E402
-from oesearch.search.runner import prepare, run_search  # noqa: E402
+from oesearch.experiments.search import prepare, run_search  # noqa: E402
 
 
 def main() -> None:

@@ -41,13 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from oesearch.config import config_from_dict  # noqa: E402
 from oesearch.results.rundir import to_json  # noqa: E402
-from oesearch.search.cluster import connect  # noqa: E402
+from oesearch.distributed.cluster import connect  # noqa: E402
 from oesearch.search.evolution import Evolution, EvolutionState  # noqa: E402
 from oesearch.search.fitness import FitnessCache, Job, job_key, row_key  # noqa: E402
 from oesearch.search.problem import FitnessProblem  # noqa: E402
-from oesearch.search.runner import make_dispatcher, prepare, repetition_seed  # noqa: E402
+from oesearch.experiments.context import make_dispatcher  # noqa: E402
+from oesearch.experiments.search import image_payload, prepare  # noqa: E402
+from oesearch.search.seeds import repetition_seed  # noqa: E402
 from oesearch.search.statistics import beats_share, mean_ci  # noqa: E402
-from oesearch.search.worker import FitnessWorker  # noqa: E402
+from oesearch.distributed.fitness_worker import FitnessWorker  # noqa: E402
+from oesearch.training.settings import worker_spec  # noqa: E402
 from oesearch.seeding import derive_seed  # noqa: E402
 
 STRATEGIES = {
@@ -154,8 +157,8 @@ def main() -> None:
         base = config_from_dict({"search": search, "run": {"address": "local", "out": tmp}})
         data = prepare(base, log=print)
         connect("local", print)
-        dispatcher, kind = make_dispatcher(base, data.task, data.corpus.images, "search-quality", FitnessWorker,
-                                           print)
+        dispatcher, kind = make_dispatcher(base, FitnessWorker, data.task, (worker_spec(base),),
+                                           image_payload(data.corpus.images), "oesearch-search-quality", print)
         store = SharedTrainings(dispatcher)
         results: dict[str, dict[str, list[dict[int, dict[str, Any]]]]] = {}
         try:

@@ -1,17 +1,24 @@
 """Experiment configuration: one YAML per experiment, validated into typed sections.
 
 The defaults of these models *are* the embedded default experiment
-(``search_configs/embedded.yaml`` spells them out).  Unknown keys are errors
-that list the valid ones; bad values say what is allowed.
+(``search_configs/embedded.yaml`` spells them out), and the only place a
+default is written: the training layer's dataclasses read theirs with
+:func:`field_default`, and :mod:`oesearch.training.settings` is the one bridge
+from these sections to a worker's training settings.  Unknown keys are errors
+that list the valid ones; bad values say what is allowed.  docs/configuration.md
+is generated from these models (``python -m oesearch.config_docs``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from oesearch.methods import CLIP_METHODS, NAMES
+from oesearch.methods import method as method_info
 
 __all__ = [
     "ConfigError",
@@ -29,6 +36,7 @@ __all__ = [
     "load_config",
     "apply_overrides",
     "config_from_dict",
+    "field_default",
 ]
 
 
@@ -215,9 +223,7 @@ class ClipConfig(_Section):
         return self
 
 
-CLIP_METHODS = ("clip_zero_shot", "bce_cl")
-Method = Literal["hsc", "bce", "focal", "dsad", "dsvdd", "clip_zero_shot", "bce_cl"]
-METHODS: tuple[str, ...] = get_args(Method)
+Method = Literal[NAMES]  # the registry's names (oesearch/methods.py)
 
 
 class TrainConfig(_Section):
@@ -226,7 +232,7 @@ class TrainConfig(_Section):
     focal_gamma: float = Field(2.0, ge=0, description="Focal loss gamma (paper Section 4); 0 is BCE scaled by alpha")
     focal_alpha: float = Field(0.5, gt=0, lt=1, description="Focal loss weight of the outlier class; 0.5 on "
                                "balanced batches (paper Appendix F)")
-    # Embedded defaults, calibrated with `oesearch signal` (README "Signal"): at batch 8 the OE image
+    # Embedded defaults, calibrated with `oesearch signal` (docs/trust.md "Signal"): at batch 8 the OE image
     # explains about a third of HSC's AUC variance on 8x8 digits (ICC 0.35); at batch 32 or the paper's
     # 30 epochs at lr 1e-3 it explains almost none, and the search would rank seed luck.
     epochs: int = Field(15, ge=1)
@@ -496,11 +502,10 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _packable_method(self) -> "Config":
-        if self.train.method in ("dsad", "dsvdd") and isinstance(self.run.pack, int) and self.run.pack > 1:
-            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} (centre-based) trains "
-                             "unpacked only; use run.pack 1 or auto")
-        if self.train.method in CLIP_METHODS and isinstance(self.run.pack, int) and self.run.pack > 1:
-            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} (CLIP) trains "
+        info = method_info(self.train.method)
+        if not info.packable and isinstance(self.run.pack, int) and self.run.pack > 1:
+            why = "CLIP" if info.clip else "centre-based" if info.needs_centre else "no OE"
+            raise ValueError(f"run.pack {self.run.pack}: train.method {self.train.method} ({why}) trains "
                              "unpacked only; use run.pack 1 or auto")
         return self
 
@@ -599,6 +604,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     """The config in ``path`` (or the embedded default) with ``overrides`` applied."""
     raw = read_yaml(path) if path is not None else {}
     return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def field_default(model: type[BaseModel], name: str) -> Any:
+    """The default of ``model``'s field ``name``: the one place a default is written (training's
+    dataclasses take theirs from here)."""
+    return model.model_fields[name].get_default(call_default_factory=True)
 
 
 def config_to_dict(config: Config) -> dict[str, Any]:

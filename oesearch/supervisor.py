@@ -39,7 +39,7 @@ def supervise(argv: list[str]) -> int:
     process at once (exit code 1, no Python exception, no message).  This
     process, which never touches Ray, outlives it and says what happened and
     how to resume.  The child dies with it (``PR_SET_PDEATHSIG``), and its
-    private Ray instance with the child (see :mod:`oesearch.search.cluster`).
+    private Ray instance with the child (see :mod:`oesearch.distributed.cluster`).
     """
     import tempfile
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ray
 
-from oesearch.search.worker import FitnessWorkerBase
+from oesearch.distributed.fitness_worker import FitnessWorkerBase
 
 
 def faulty_worker_class(raise_on: set[int], nan_on: set[int], hang_on: set[int], release: Path | None = None):

@@ -14,14 +14,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from oesearch.benchmark.plan import BenchData, plan_benchmark
-from oesearch.benchmark.runner import BenchDir, write_results
-from oesearch.benchmark.tables import class_table, oe_size_points
-from oesearch.benchmark.worker import BenchmarkWorkerBase
+from oesearch.sweep.cells import BenchData, plan_benchmark
+from oesearch.experiments.benchmark import BenchDir, write_results
+from oesearch.sweep.paper_tables import class_table, oe_size_points
+from oesearch.distributed.cell_worker import BenchmarkWorkerBase
 from oesearch.config import config_from_dict
 from oesearch.data import ImageStore, leave_one_class_out, oe_classes, oe_subset, split_protocol
 from oesearch.data.splits import oe_size_sweep
-from oesearch.search.runner import worker_spec
+from oesearch.training.settings import worker_spec
 
 N_CLASSES, PER_CLASS = 6, 12
 

@@ -21,8 +21,9 @@ from oesearch.data.embedded import load_digits_split, load_natural_patches  # no
 from oesearch.data.splits import OneVsRest, leave_one_class_out, one_vs_rest  # noqa: E402
 from oesearch.models.clip import ClipDetector, clip_inputs, fine_tune_bce_cl, load_clip  # noqa: E402
 from oesearch.search.fitness import Job  # noqa: E402
-from oesearch.search.runner import prepare, worker_spec  # noqa: E402
-from oesearch.search.worker import WorkerSpec, _FitnessWorker  # noqa: E402
+from oesearch.experiments.search import prepare  # noqa: E402
+from oesearch.distributed.fitness_worker import _FitnessWorker  # noqa: E402
+from oesearch.training.settings import WorkerSpec, worker_spec  # noqa: E402
 from oesearch.training import TrainSettings, make_objective, train_and_evaluate  # noqa: E402
 from oesearch.training import clip as clip_methods  # noqa: E402
 from oesearch.training.clip import ClipSpec, cached_clip  # noqa: E402
@@ -215,18 +216,32 @@ def test_the_frequency_filter_reaches_clip_at_the_datas_own_size(weights, task, 
     assert row["auc"] != plain["auc"]
 
 
-def test_config_and_objectives_agree_on_the_clip_methods() -> None:
-    from oesearch import config
-    from oesearch.training import objectives
+def test_config_training_and_cli_read_one_method_registry() -> None:
+    """oesearch.methods is the one list: config's choices, the CLI's, the objectives and packing follow it."""
+    from oesearch import methods
+    from oesearch.cli import build_parser
 
-    assert config.CLIP_METHODS == objectives.CLIP_METHODS
-    assert set(objectives.METHODS) == set(config.TrainConfig.model_fields["method"].annotation.__args__)
+    assert methods.CLIP_METHODS == ("clip_zero_shot", "bce_cl")
+    assert type(config_from_dict({}).train).model_fields["method"].annotation.__args__ == methods.NAMES
+    for name, info in methods.METHODS.items():
+        assert build_parser().parse_args(["--method", name]).method == name
+        objective = make_objective(name, class_name="8")
+        assert objective.name == name and packable(objective) == info.packable
+        assert getattr(objective, "uses_oe", True) == info.uses_oe
+        assert hasattr(objective, "prepare") == info.needs_centre and hasattr(objective, "fit_and_score") == info.clip
+        refused = not info.packable
+        try:
+            config_from_dict({"train": {"method": name}, "run": {"pack": 2}})
+        except Exception as err:  # noqa: BLE001
+            assert refused and "trains unpacked only" in str(err), err
+        else:
+            assert not refused, f"{name} is not packable, yet run.pack 2 was accepted"
 
 
 def test_benchmark_cells_run_the_clip_methods(weights, task, oe) -> None:
     """A benchmark's worker gives the same zero-shot AUC as the detector itself, and refuses CLIP under LOCO."""
-    from oesearch.benchmark.plan import BenchData, plan_benchmark
-    from oesearch.benchmark.worker import BenchmarkWorkerBase
+    from oesearch.sweep.cells import BenchData, plan_benchmark
+    from oesearch.distributed.cell_worker import BenchmarkWorkerBase
     from oesearch.data import ImageStore
 
     labels = np.array([8] * len(task.train) + [0] * 4)

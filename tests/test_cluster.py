@@ -177,7 +177,7 @@ def test_a_cpu_only_head_waits_for_gpu_nodes_before_sizing_workers() -> None:
     import ray
     from ray.cluster_utils import Cluster
 
-    from oesearch.search.dispatch import plan_workers
+    from oesearch.distributed.dispatch import plan_workers
 
     with ray_address_record_restored() as wrote:
         cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0, "include_dashboard": False})

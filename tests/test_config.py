@@ -224,7 +224,7 @@ def test_cli_reports_config_errors_with_exit_code_2(argv: list[str], expected: s
 
 
 def test_augment_and_filter_are_off_by_default_and_strict() -> None:
-    from oesearch.search.runner import worker_spec
+    from oesearch.training.settings import worker_spec
 
     default = worker_spec(Config())
     assert not default.settings.augment.active and default.filter is None
@@ -245,7 +245,7 @@ def test_index_section_is_strict() -> None:
 
 
 def test_new_methods_and_focal_keys() -> None:
-    from oesearch.search.runner import worker_spec
+    from oesearch.training.settings import worker_spec
 
     config = config_from_dict({"train": {"method": "focal", "focal_gamma": 1.0, "focal_alpha": 0.25}})
     spec = worker_spec(config)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from oesearch.search.dispatch import Dispatcher
+from oesearch.distributed.dispatch import Dispatcher
 from oesearch.search.fitness import Job
 
 
@@ -100,7 +100,8 @@ def test_packed_calls_keep_exactly_once_and_retry_per_job(local_ray) -> None:
 def test_real_workers_pack_jobs_and_match_unpacked_trainings(local_ray) -> None:
     from oesearch.data.embedded import load_digits_split, load_natural_patches
     from oesearch.data.splits import one_vs_rest
-    from oesearch.search.worker import FitnessWorker, WorkerSpec
+    from oesearch.distributed.fitness_worker import FitnessWorker
+    from oesearch.training.settings import WorkerSpec
     from oesearch.training import PreparedTask, TrainSettings, make_objective, train_and_evaluate
 
     task = one_vs_rest(load_digits_split("train"), load_digits_split("test"), 8)
@@ -126,7 +127,7 @@ def test_a_search_with_run_pack_trains_its_jobs_packed(local_ray, tmp_path, cach
     from conftest import tiny_config
     from oesearch.config import config_from_dict
     from oesearch.results import RunDir
-    from oesearch.search.runner import prepare, run_search
+    from oesearch.experiments.search import prepare, run_search
 
     config = config_from_dict(tiny_config(cache_dir, population=4, generations=1)
                               | {"run": {"workers": 1, "seed": 7, "pack": 4}})

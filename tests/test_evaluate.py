@@ -18,8 +18,9 @@ from oesearch.cli import evaluate_main
 from oesearch.config import config_from_dict
 from oesearch.data import load_corpus
 from oesearch.results import read_journal
-from oesearch.search.evaluate import evaluation_seeds
-from oesearch.search.runner import load_task, worker_spec
+from oesearch.experiments.evaluate import evaluation_seeds
+from oesearch.experiments.search import load_task
+from oesearch.training.settings import worker_spec
 from oesearch.training import PreparedTask, train_and_evaluate
 
 INDICES = [11, 403, 2750]

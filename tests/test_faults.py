@@ -28,8 +28,10 @@ from oesearch.results import RunDir
 from oesearch.search.evolution import initial_indices
 from oesearch.search.fitness import job_key
 from oesearch.search.fitness import Job
-from oesearch.search.runner import prepare, run_search, search_seeds, worker_spec
-from oesearch.search.worker import FitnessWorkerBase
+from oesearch.experiments.search import prepare, run_search
+from oesearch.search.seeds import search_seeds
+from oesearch.training.settings import worker_spec
+from oesearch.distributed.fitness_worker import FitnessWorkerBase
 
 MAX_RETRIES = 1
 TIMEOUT_OVER_TRAINING = 10  # a training under the search's 2 workers may run several times slower than alone
@@ -140,3 +142,34 @@ def test_metrics_read_back_match_the_journal(faulty_run) -> None:
     assert {k: seen.get(k) for k in expected} == expected
     search = [r["auc"] for r in rows if r["purpose"] == "search" and r["status"] == "ok"]
     assert min(search) <= seen["oesearch_worst_fitness"] <= seen["oesearch_best_fitness"] <= max(search)
+
+
+def test_a_benchmark_mirrors_to_storage_and_reports_metrics(faulty_run, tmp_path: Path, cache_dir: Path) -> None:
+    """The benchmark runs on the search's run context: its directory is mirrored to run.storage (a file:// URI
+    here) byte for byte, and its trainings are counted in the Ray metrics under its own run id."""
+    from oesearch.experiments.benchmark import BenchDir, prepare_benchmark, run_benchmark
+
+    bucket = tmp_path / "bucket"
+    config = config_from_dict({
+        "data": {"cache_dir": str(cache_dir)},
+        "train": {"epochs": 1, "milestones": [], "batch_size": 32},
+        "benchmark": {"classes": [8], "methods": ["hsc", "bce"], "seeds": 2, "oe_sizes": [1]},
+        "run": {"workers": 2, "storage": f"file://{bucket}", "out": str(tmp_path / "runs")},
+    })
+    benchdir = BenchDir.create(tmp_path / "runs", "benchmark-embedded")
+    frame = run_benchmark(config, benchdir, prepare_benchmark(config, log=lambda _: None), log=lambda _: None,
+                          progress=False)
+    local = {p.name: p.read_bytes() for p in benchdir.path.iterdir() if p.is_file()}
+    assert {"config.yaml", "results.jsonl", "results.parquet", "results.csv", "table.md"} <= set(local)
+    assert {p.name: p.read_bytes() for p in (bucket / benchdir.path.name).iterdir()} == local
+    rows = benchdir.journal_rows()
+    assert len(rows) == len(frame) == 4
+    expected = {"oesearch_evaluations_done": sum(r["status"] == "ok" for r in rows),
+                "oesearch_evaluation_seconds_count": len(rows)}
+    deadline, seen = time.monotonic() + 30, {}
+    while time.monotonic() < deadline:
+        seen = _scrape(benchdir.path.name)
+        if all(seen.get(k) == v for k, v in expected.items()):
+            break
+        time.sleep(0.5)
+    assert {k: seen.get(k) for k in expected} == expected

@@ -23,7 +23,7 @@ from torch import nn
 
 from oesearch.config import ConfigError, load_config
 from oesearch.models import LeNet, ModelSetup, WideResNet, build_model, resolve_setup, spec_for_size
-from oesearch.search.runner import worker_spec
+from oesearch.training.settings import worker_spec
 
 SETUPS = [ModelSetup(bias, affine, init)
           for bias, affine, init in itertools.product((True, False), (True, False), ("reference", "as_written"))]

@@ -1,8 +1,8 @@
 """The experiment YAMLs in ``search_configs/``: one per paper experiment, each loadable and self-describing.
 
 Every file opens with a comment header that names its source in the paper (``# Paper:``), the data it
-needs (``# Data:``) and the exact command that runs it (``# Run:``). The README's "Reproducing the paper"
-table names every file, and every file it names exists.
+needs (``# Data:``) and the exact command that runs it (``# Run:``). The table of docs/reproducing.md
+("Reproducing the paper", linked from README) names every file, and every file the docs name exists.
 
 The benchmark configs need the ``benchmark`` section, and the CLIP ones ``train.clip`` and the
 ``clip_zero_shot`` / ``bce_cl`` methods; ``test_loads`` fails for them until those are in
@@ -20,11 +20,13 @@ import yaml
 
 from oesearch.config import load_config
 from oesearch.models import ModelSetup
-from oesearch.search.runner import worker_spec
+from oesearch.training.settings import worker_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_DIR = ROOT / "search_configs"
 README = ROOT / "README.md"
+REPRODUCING = ROOT / "docs" / "reproducing.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 FILES = sorted(CONFIG_DIR.glob("*.yaml"))
 IDS = [path.stem for path in FILES]
 
@@ -143,22 +145,24 @@ def test_names_are_unique():
     assert not twice, f"experiment names used by more than one file (run directories would mix): {twice}"
 
 
-def readme_section(title: str) -> str:
-    text = README.read_text()
-    start = text.find(f"\n## {title}\n")
-    assert start >= 0, f"README has no '## {title}' section"
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end >= 0 else None]
+def reproduction_table() -> str:
+    """The experiment <-> config table of docs/reproducing.md: its rows, the lines that start with ``|``."""
+    text = REPRODUCING.read_text()
+    assert text.startswith("# Reproducing the paper\n"), f"{REPRODUCING} is not the 'Reproducing the paper' page"
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "search_configs/" in line]
+    assert rows, f"{REPRODUCING} has no table naming search_configs/ files"
+    return "\n".join(rows)
 
 
-def test_readme_reproduction_table_names_every_config():
-    named = set(re.findall(r"search_configs/([\w.-]+\.yaml)", readme_section("Reproducing the paper")))
+def test_reproduction_table_names_every_config():
+    named = set(re.findall(r"search_configs/([\w.-]+\.yaml)", reproduction_table()))
     on_disk = {path.name for path in FILES}
-    assert not on_disk - named, f"configs missing from README's 'Reproducing the paper': {sorted(on_disk - named)}"
-    assert not named - on_disk, f"README's 'Reproducing the paper' names missing configs: {sorted(named - on_disk)}"
+    assert not on_disk - named, f"configs missing from docs/reproducing.md's table: {sorted(on_disk - named)}"
+    assert not named - on_disk, f"docs/reproducing.md's table names missing configs: {sorted(named - on_disk)}"
 
 
-def test_every_config_the_readme_names_exists():
-    named = set(re.findall(r"search_configs/([\w.-]+\.yaml)", README.read_text()))
+@pytest.mark.parametrize("doc", DOCS, ids=[path.name for path in DOCS])
+def test_every_config_the_docs_name_exists(doc):
+    named = set(re.findall(r"search_configs/([\w.-]+\.yaml)", doc.read_text()))
     missing = sorted(name for name in named if not (CONFIG_DIR / name).is_file())
-    assert not missing, f"README names configs that do not exist: {missing}"
+    assert not missing, f"{doc.relative_to(ROOT)} names configs that do not exist: {missing}"

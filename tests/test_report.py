@@ -16,7 +16,7 @@ import pytest
 
 from conftest import RUN_PY
 from oesearch.analysis import journal_generation_stats, load_run
-from oesearch.analysis.html_report import main as report_main
+from oesearch.cli import report_main
 from oesearch.results import read_journal
 
 IMG = re.compile(r"<img\b[^>]*>")

@@ -7,7 +7,8 @@ import pytest
 
 from oesearch.data.embedded import load_digits_split, load_natural_patches
 from oesearch.data.splits import one_vs_rest
-from oesearch.search.worker import WorkerSpec, _FitnessWorker
+from oesearch.distributed.fitness_worker import _FitnessWorker
+from oesearch.training.settings import WorkerSpec
 from oesearch.search.fitness import Job
 from oesearch.training import TrainSettings
 

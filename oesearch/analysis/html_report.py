@@ -7,7 +7,6 @@ progress (from its journal and last checkpoint) and says the results are partial
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import sys
@@ -28,7 +27,7 @@ from oesearch.results.figures import png_bytes
 from oesearch.results.rundir import atomic_write_text
 from oesearch.search.statistics import RELIABLE
 
-__all__ = ["build_report", "default_output", "main", "write_report"]
+__all__ = ["build_report", "default_output", "write_report_command", "write_report"]
 
 REPORT = "report.html"
 
@@ -137,16 +136,10 @@ def write_report(run_dirs: Sequence[str | Path], out: str | Path | None = None) 
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="oesearch report", description=(
-        "Write one self-contained HTML report (figures embedded as PNG) for one or more run directories; "
-        "works on runs still in progress."))
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    parser.add_argument("--out", help=f"output file (default: RUN_DIR/{REPORT} for one run, "
-                                      "./oesearch-report.html for several)")
-    args = parser.parse_args(argv)
+def write_report_command(run_dirs: Sequence[str], out: str | None = None) -> int:
+    """``oesearch report RUN_DIR... [--out FILE]``: write the report, print its path; a bad input exits 2."""
     try:
-        path = write_report(args.run_dirs, args.out)
+        path = write_report(run_dirs, out)
     except (ConfigError, FileNotFoundError, FileExistsError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

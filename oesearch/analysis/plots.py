@@ -21,7 +21,7 @@ from scipy.spatial.distance import pdist
 from oesearch.analysis.runs import Run, RunImages, distinct_labels, journal_generation_stats, run_images
 from oesearch.training.augment import frequency_filter
 from oesearch.results.figures import grid_figure
-from oesearch.results.report import entry_caption
+from oesearch.results.summary import entry_caption
 
 __all__ = ["GridRow", "best_worst_figures", "best_worst_rows", "diversity_figure", "fitness_curves",
            "panels", "population_diversity", "progress_figure", "fmt"]

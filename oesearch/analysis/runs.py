@@ -24,7 +24,7 @@ import pandas as pd
 from oesearch.config import Config, DataConfig, config_from_dict, read_yaml
 from oesearch.results import RunDir, search_fitness_table
 from oesearch.results.rundir import driver_state
-from oesearch.results.report import genealogy_dict
+from oesearch.results.summary import genealogy_dict
 
 __all__ = ["Run", "RunImages", "distinct_labels", "find_runs", "journal_generation_stats", "load_run", "load_runs", "run_images"]
 
@@ -38,7 +38,7 @@ class Run:
     rows: list[dict[str, Any]]  # every complete journal row
     summary: dict[str, Any] | None  # None while the run is in progress (or was killed)
     logbook: pd.DataFrame  # population statistics per finished generation (DEAP Logbook)
-    genealogy: dict[str, Any] | None  # see oesearch.results.report.genealogy_dict
+    genealogy: dict[str, Any] | None  # see oesearch.results.summary.genealogy_dict
     driver: dict[str, Any] | None = None  # unfinished runs: oesearch.results.rundir.driver_state
 
     @property
@@ -71,7 +71,7 @@ class Run:
     def search_seeds(self) -> list[int]:
         if self.summary is not None:
             return list(self.summary["search_seeds"])
-        from oesearch.search.runner import search_seeds  # imports Ray: only for unfinished runs
+        from oesearch.search.seeds import search_seeds
 
         return search_seeds(self.config)
 
@@ -181,7 +181,7 @@ def load_run(path: str | Path) -> Run:
         genealogy = json.loads(rundir.file("genealogy.json").read_text())
     else:
         summary, logbook, genealogy = None, pd.DataFrame(), None
-        import oesearch.search.evolution  # noqa: F401  registers the DEAP classes the checkpoint holds
+        import oesearch.search.individuals  # noqa: F401  registers the DEAP classes the checkpoint holds
 
         state = rundir.load_checkpoint()
         if state is not None:

@@ -19,6 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from oesearch.config import ModelConfig, field_default
+from oesearch.methods import METHODS
+
 __all__ = ["ModelSetup", "INITS", "REFERENCE", "BIAS_FREE_METHODS", "resolve_setup"]
 
 # reference: PyTorch's default, what the reference trainer's weight_reset leaves;
@@ -27,7 +30,7 @@ __all__ = ["ModelSetup", "INITS", "REFERENCE", "BIAS_FREE_METHODS", "resolve_set
 INITS = ("reference", "as_written")
 
 # Centre-based one-class methods: a bias lets phi collapse onto the centre (Ruff et al. 2018).
-BIAS_FREE_METHODS = ("dsad", "dsvdd")
+BIAS_FREE_METHODS = tuple(name for name, m in METHODS.items() if m.needs_centre)
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,9 @@ class ModelSetup:
 REFERENCE = ModelSetup()  # what the reference code trains: biases, affine BatchNorm, PyTorch's default init
 
 
-def resolve_setup(method: str, bias: bool | str = "auto", batchnorm_affine: bool | str = "auto",
-                  init: str = "reference") -> ModelSetup:
+def resolve_setup(method: str, bias: bool | str = field_default(ModelConfig, "bias"),
+                  batchnorm_affine: bool | str = field_default(ModelConfig, "batchnorm_affine"),
+                  init: str = field_default(ModelConfig, "init")) -> ModelSetup:
     """The setup for ``method``; ``auto`` is the reference's ``True``, except ``False`` for Deep SVDD/SAD."""
     default = method not in BIAS_FREE_METHODS
     return ModelSetup(bias=default if bias == "auto" else bool(bias),

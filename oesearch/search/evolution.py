@@ -32,34 +32,17 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
-from deap import base, creator, tools
+from deap import base, tools
 
 from oesearch.config import SearchConfig
 from oesearch.search.fitness import is_failed
+from oesearch.search.individuals import individual_class
 from oesearch.search.neighbours import NeighbourIndex
 from oesearch.search.problem import FitnessProblem
 from oesearch.seeding import derive_seed
 
 __all__ = ["individual_class", "EvolutionState", "Evolution", "mutate_near", "mate_near", "initial_indices",
            "renew", "forget_rescored", "random_individuals"]
-
-# DEAP's creator registers classes module-wide; create them once, guarded for reloads.
-if not hasattr(creator, "FitnessMax"):
-    creator.create("FitnessMax", base.Fitness, weights=(1.0,))
-if not hasattr(creator, "FitnessMin"):
-    creator.create("FitnessMin", base.Fitness, weights=(-1.0,))
-if not hasattr(creator, "IndividualMax"):
-    creator.create("IndividualMax", list, fitness=creator.FitnessMax)
-if not hasattr(creator, "IndividualMin"):
-    creator.create("IndividualMin", list, fitness=creator.FitnessMin)
-
-
-def individual_class(mode: str) -> type:
-    """List subclass whose fitness is maximised (``best``) or minimised (``worst``)."""
-    if mode not in ("best", "worst"):
-        raise ValueError(f"mode must be 'best' or 'worst', got {mode!r}")
-    return creator.IndividualMax if mode == "best" else creator.IndividualMin
-
 
 @contextmanager
 def borrowed_global_random(rng: random.Random) -> Iterator[None]:

@@ -44,6 +44,10 @@ class Job:
         idx = ",".join(map(str, self.indices))
         return f"fitness[{where} i{self.individual} idx={idx} s{self.seed}]"
 
+    def failed_row(self) -> dict[str, Any]:
+        """The row of this job when it failed without an answer (the dispatcher adds the reason)."""
+        return self.row(auc=None, status="failed", reason=None, seconds=None, worker=None, node=None, device=None)
+
     def row(self, **result: Any) -> dict[str, Any]:
         """A journal row: this job's identity plus ``result`` fields."""
         return {

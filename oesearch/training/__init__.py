@@ -1,14 +1,9 @@
 """Objectives (loss and score hooks) and the one trainer they share."""
 
-from oesearch.training.metrics import roc_auc
-from oesearch.training.objectives import BCE, HSC, Objective, make_objective
-from oesearch.training.trainer import (
-    NonFiniteLossError,
-    PreparedTask,
-    TrainResult,
-    TrainSettings,
-    train_and_evaluate,
-)
+from oesearch.training.auc import roc_auc
+from oesearch.training.objectives import BCE, HSC, make_objective
+from oesearch.training.trainer import PreparedTask, train_and_evaluate
+from oesearch.training.types import NonFiniteLossError, Objective, TrainResult, TrainSettings
 
 __all__ = [
     "BCE",

@@ -20,6 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from oesearch.config import AugmentConfig, field_default
 import torch.nn.functional as F
 
 __all__ = ["Augment", "random_crop", "random_flip", "color_jitter", "gaussian_noise", "frequency_filter", "filter_mask"]
@@ -29,11 +31,12 @@ __all__ = ["Augment", "random_crop", "random_flip", "color_jitter", "gaussian_no
 class Augment:
     """Which augmentations a training applies to each batch (normal and OE halves alike)."""
 
-    crop: int = 0  # zero padding in pixels before a random crop back to H x W; 0: off
-    flip: bool = False  # horizontal flip with probability 1/2
-    brightness: float = 0.0  # factor drawn from [max(0, 1 - b), 1 + b]; 0: off
-    contrast: float = 0.0  # factor drawn from [max(0, 1 - c), 1 + c]; 0: off
-    noise: float = 0.0  # std of additive Gaussian pixel noise; 0: off
+    # train.augment's fields and defaults (oesearch.config.AugmentConfig says what each does)
+    crop: int = field_default(AugmentConfig, "crop")  # zero padding before a random crop back to H x W
+    flip: bool = field_default(AugmentConfig, "flip")  # horizontal flip with probability 1/2
+    brightness: float = field_default(AugmentConfig, "brightness")  # factor from [max(0, 1 - b), 1 + b]
+    contrast: float = field_default(AugmentConfig, "contrast")  # factor from [max(0, 1 - c), 1 + c]
+    noise: float = field_default(AugmentConfig, "noise")  # std of additive Gaussian pixel noise
 
     @property
     def active(self) -> bool:

@@ -29,14 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from oesearch.config import ClipConfig, field_default
+from oesearch.methods import CLIP_METHODS, method
 from oesearch.training.augment import frequency_filter
+from oesearch.training.auc import roc_auc
 from oesearch.training.execution import forward_mode
-from oesearch.training.metrics import roc_auc
-from oesearch.training.objectives import CLIP_METHODS
-from oesearch.training.trainer import (NonFiniteLossError, PreparedTask, TrainResult, TrainSettings, anomaly_scores,
-                                       to_pixels)
+from oesearch.training.trainer import PreparedTask, anomaly_scores, to_pixels
+from oesearch.training.types import NonFiniteLossError, TrainResult, TrainSettings
 
-__all__ = ["CLIP_METHODS", "ClipSpec", "ClipObjective", "cached_clip", "check_clip", "prompt_class_name"]
+__all__ = ["ClipSpec", "ClipObjective", "cached_clip", "check_clip", "prompt_class_name"]
 
 
 SCORE_CHUNK = 256  # test images per forward pass at CLIP's resolution (ViT-L/14 at 224px: a few GiB)
@@ -46,13 +47,14 @@ SCORE_CHUNK = 256  # test images per forward pass at CLIP's resolution (ViT-L/14
 class ClipSpec:
     """The open_clip model and the BCE-CL schedule (``train.clip``); Appendix G.2's values by default."""
 
-    model: str = "ViT-L-14"
-    weights: str | None = None
-    epochs: int = 80
-    lr: float = 1e-4
-    milestones: tuple[int, ...] = (50, 60, 70, 75)
-    batch_size: int = 128
-    momentum: float = 0.9
+    # train.clip's fields and defaults (oesearch.config.ClipConfig says what each does)
+    model: str = field_default(ClipConfig, "model")
+    weights: str | None = field_default(ClipConfig, "weights")
+    epochs: int = field_default(ClipConfig, "epochs")
+    lr: float = field_default(ClipConfig, "lr")
+    milestones: tuple[int, ...] = field_default(ClipConfig, "milestones")
+    batch_size: int = field_default(ClipConfig, "batch_size")
+    momentum: float = field_default(ClipConfig, "momentum")
 
 
 _MODELS: dict[tuple[str, str, str], tuple[nn.Module, Any]] = {}
@@ -105,7 +107,7 @@ class ClipObjective:
 
     @property
     def uses_oe(self) -> bool:
-        return self.name == "bce_cl"
+        return method(self.name).uses_oe
 
     def loss(self, out: torch.Tensor, is_outlier: torch.Tensor) -> torch.Tensor:
         """BCE on the Eq. 4 logit: minimises the score of normal images, maximises that of OE."""

@@ -8,7 +8,7 @@ anomalies) and return an *anomaly* score: higher means more anomalous.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -16,14 +16,12 @@ import torch.nn.functional as F
 if TYPE_CHECKING:
     from oesearch.training.clip import ClipSpec
 
-__all__ = [
-    "Objective", "HSC", "BCE", "Focal", "DSAD", "DSVDD", "RADIAL_FUNCTIONS", "METHODS", "CLIP_METHODS",
-    "make_objective",
-    "initial_centre", "packable",
-]
+from oesearch import methods
+from oesearch.config import TrainConfig, field_default
+from oesearch.training.types import Objective
 
-CLIP_METHODS = ("clip_zero_shot", "bce_cl")  # oesearch.training.clip; open_clip is imported only when used
-METHODS = ("hsc", "bce", "focal", "dsad", "dsvdd", *CLIP_METHODS)
+__all__ = ["Objective", "HSC", "BCE", "Focal", "DSAD", "DSVDD", "RADIAL_FUNCTIONS", "make_objective",
+           "initial_centre", "packable"]
 
 # h(z) for HSC (paper Section 3.2 and Appendix E, Table 6).
 RADIAL_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -32,27 +30,6 @@ RADIAL_FUNCTIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "l2": lambda z: z.norm(dim=1),
     "l2_squared": lambda z: z.pow(2).sum(1),
 }
-
-
-class Objective(Protocol):
-    """What the trainer needs to know about an objective."""
-
-    name: str
-    head: bool  # True when phi is followed by a linear layer to one logit
-
-    def loss(self, out: torch.Tensor, is_outlier: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss, shape (B,)."""
-        ...
-
-    def score(self, out: torch.Tensor) -> torch.Tensor:
-        """Per-sample anomaly score, shape (B,)."""
-        ...
-
-# Optional hooks, looked up with getattr so HSC and BCE stay plain:
-#   prepare(model, train) -> Objective   called once on the fresh model before training (centre c);
-#   uses_oe: bool = True                 False: the OE half of every batch never reaches the network;
-#   fit_and_score(task, oe_images, settings, seed) -> TrainResult
-#                                        the trainer hands over the whole training (CLIP, training/clip.py).
 
 
 @dataclass(frozen=True)
@@ -159,7 +136,7 @@ class DSVDD(DSAD):
     """One-class Deep SVDD (Ruff et al. 2018): ||z - c||^2 on normal data only; OE is never used."""
 
     name: str = "dsvdd"
-    uses_oe: bool = False
+    uses_oe: bool = methods.method("dsvdd").uses_oe  # False
 
     def loss(self, out: torch.Tensor, is_outlier: torch.Tensor) -> torch.Tensor:
         # The trainer drops the OE half (uses_oe); should outliers arrive anyway they cost nothing.
@@ -168,19 +145,19 @@ class DSVDD(DSAD):
 
 
 def packable(objective: Objective) -> bool:
-    """Whether the packed trainer can train ``objective`` (not the centre-based ones)."""
-    return (not hasattr(objective, "prepare") and not hasattr(objective, "fit_and_score")
-            and getattr(objective, "uses_oe", True))
+    """Whether the packed trainer can train ``objective``: what the method registry says of its name."""
+    return methods.packable(objective.name)
 
 
-def make_objective(method: str, radial: str = "pseudo_huber", focal_gamma: float = 2.0,
-                   focal_alpha: float = 0.5, clip: "ClipSpec | None" = None, class_name: str | None = None
+def make_objective(method: str, radial: str = field_default(TrainConfig, "hsc_radial"),
+                   focal_gamma: float = field_default(TrainConfig, "focal_gamma"),
+                   focal_alpha: float = field_default(TrainConfig, "focal_alpha"), clip: "ClipSpec | None" = None, class_name: str | None = None
                    ) -> Objective:
-    """The objective called ``method`` (one of :data:`METHODS`).
+    """The objective called ``method`` (a name of the registry, :data:`oesearch.methods.METHODS`).
 
     The CLIP methods also need ``clip`` (model, weights, schedule) and the normal class's name for the prompt.
     """
-    if method in CLIP_METHODS:
+    if methods.method(method).clip:  # also: a clear error for an unknown name
         from oesearch.training.clip import ClipObjective, ClipSpec, prompt_class_name
 
         if class_name is None:
@@ -198,4 +175,4 @@ def make_objective(method: str, radial: str = "pseudo_huber", focal_gamma: float
         return DSAD()
     if method == "dsvdd":
         return DSVDD()
-    raise ValueError(f"unknown method {method!r}; choose from {list(METHODS)}")
+    raise ValueError(f"method {method!r} has no objective here; add it to make_objective")

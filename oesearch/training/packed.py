@@ -28,9 +28,10 @@ from torch import nn
 
 from oesearch.models.lenet import _LEAK, LeNet
 from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
-from oesearch.training.metrics import roc_auc
-from oesearch.training.objectives import Objective, packable
-from oesearch.training.trainer import PreparedTask, TrainSettings, balanced_batches, seeded_model, setup_for
+from oesearch.training.auc import roc_auc
+from oesearch.training.objectives import packable
+from oesearch.training.trainer import PreparedTask, balanced_batches, seeded_model, setup_for
+from oesearch.training.types import Objective, TrainSettings
 
 __all__ = ["PackedLeNet", "PackedResult", "train_packed", "auto_pack", "CANDIDATE_BYTES"]
 

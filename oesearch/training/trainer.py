@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -20,37 +20,14 @@ import torch
 
 from oesearch.models import REFERENCE, ModelSetup, build_model, resolve_setup
 from oesearch.training.augment import Augment, frequency_filter
-from oesearch.training.execution import check_precision, forward_mode, matmul_mode, place_input, place_model
-from oesearch.training.metrics import roc_auc
-from oesearch.training.objectives import Objective
+from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
+from oesearch.training.auc import roc_auc
+from oesearch.training.types import NonFiniteLossError, Objective, TrainResult, TrainSettings
 
 __all__ = [
     "TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor",
     "to_pixels", "seeded_model", "setup_for", "balanced_batches", "anomaly_scores",
 ]
-
-
-class NonFiniteLossError(RuntimeError):
-    """Training diverged: the loss became NaN or infinite."""
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Optimisation settings (paper Appendix G: Adam, step milestones x0.1)."""
-
-    epochs: int = 30
-    lr: float = 1e-3
-    milestones: tuple[int, ...] = (25,)
-    batch_size: int = 128  # per side: B normal + B OE images per step
-    weight_decay: float = 0.0
-    augment: Augment = Augment()  # applied on the device to every batch; off by default
-    precision: str = "fp32"  # "fp32" | "bf16" (autocast forward) | "tf32" (CUDA only; no-op on CPU)
-    channels_last: bool = False  # model and batches in NHWC memory order
-    compile: bool = False  # torch.compile the model
-    model: ModelSetup | None = None  # biases, affine BatchNorm, init; None: the objective's (setup_for)
-
-    def __post_init__(self) -> None:
-        check_precision(self.precision)
 
 
 def to_pixels(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -144,14 +121,6 @@ def _filter_fn(filter: tuple[str, int] | None) -> Callable[[torch.Tensor], torch
         return lambda x: x
     kind, magnitude = filter
     return lambda x: frequency_filter(x, kind, magnitude)
-
-
-@dataclass
-class TrainResult:
-    auc: float
-    epoch_losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    step_losses: list[float] = field(default_factory=list)  # the first ``record_steps`` steps' losses
 
 
 def setup_for(objective: Objective, settings: TrainSettings) -> ModelSetup:

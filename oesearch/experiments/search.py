@@ -1,44 +1,43 @@
-"""One search from config to run directory: data, index, workers, evolution, validation, outputs."""
+"""The search root: data, index, workers, evolution, validation, outputs of one search.
+
+It composes the search's rooms (:mod:`oesearch.search`) on the shared run context
+(:mod:`oesearch.experiments.context`); the HTML report is a hook the caller passes in.
+"""
 
 from __future__ import annotations
 
 import math
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import ray
-import yaml
 
-from oesearch.config import Config, ConfigError, config_to_dict
+from oesearch.config import Config, ConfigError
 from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
-from oesearch.models import resolve_setup
+from oesearch.distributed.fitness_worker import FitnessWorker
+from oesearch.experiments.context import RUN_COMMAND, run_context
+from oesearch.methods import method
 from oesearch.results import RunDir, write_outputs
-from oesearch.results.report import search_fitness_table
-from oesearch.results.storage import Mirror, is_uri
+from oesearch.results.summary import search_fitness_table
 from oesearch.search.bounds import auto_bound_dims
-from oesearch.search.cluster import ClusterLost, cluster_info, connect, current_cluster
-from oesearch.search.dispatch import Dispatcher, WorkersLost, plan_workers
 from oesearch.search.evolution import Evolution, EvolutionState, random_individuals
 from oesearch.search.fitness import FitnessCache, Job
-from oesearch.search.metrics import RunMetrics
 from oesearch.search.neighbours import NeighbourIndex, duplicate_groups_of
 from oesearch.search.problem import FitnessProblem
+from oesearch.search.seeds import repetition_seed, search_seeds, validation_seeds
 from oesearch.search.statistics import Signal, compare_to_panel, mean_ci, variance_components
 from oesearch.search.validation import Finalist, fixed, race
-from oesearch.search.worker import FitnessWorker, WorkerSpec
-from oesearch.seeding import derive_seed
-from oesearch.training import TrainSettings
-from oesearch.training.augment import Augment, filter_mask
-from oesearch.training.clip import ClipSpec, check_clip
-from oesearch.training.objectives import CLIP_METHODS
+from oesearch.training.augment import filter_mask
+from oesearch.training.clip import check_clip
+from oesearch.training.settings import worker_spec
 
-__all__ = ["SearchData", "prepare", "worker_spec", "load_task", "load_search_data", "make_dispatcher", "dispatching",
-           "stopped_message", "check_against_data", "run_search", "search_seeds", "validation_seeds",
-           "repetition_seed", "generation_zero_signal", "auc_matrix", "report_signal", "validate", "describe_entry"]
+__all__ = ["SearchData", "prepare", "load_task", "load_search_data", "check_against_data", "run_search",
+           "generation_zero_signal", "auc_matrix", "report_signal", "validate", "describe_entry", "image_payload",
+           "Report"]
+
+Report = Callable[[Path], Path]  # writes a run directory's report.html, returns its path
 
 
 @dataclass
@@ -106,7 +105,7 @@ def check_against_data(config: Config, data: SearchData) -> None:
         except ValueError as err:
             raise ConfigError(f"train.filter: {err}") from None
     t = config.train
-    if t.method in CLIP_METHODS:  # before any worker starts: open_clip, the architecture, the weights file
+    if method(t.method).clip:  # before any worker starts: open_clip, the architecture, the weights file
         try:
             check_clip(t.clip.model, t.clip.weights)
         except (ValueError, ImportError) as err:
@@ -118,84 +117,6 @@ def check_against_data(config: Config, data: SearchData) -> None:
         raise ConfigError(f"the {what} needs {needed} distinct corpus images but the corpus has {n}")
 
 
-def repetition_seed(run_seed: int, r: int) -> int:
-    """The r-th training seed of the search: the first ``repetitions`` make a fitness, rescores take the next."""
-    return derive_seed(run_seed, "repetition", r)
-
-
-def search_seeds(config: Config) -> list[int]:
-    return [repetition_seed(config.run.seed, r) for r in range(config.search.repetitions)]
-
-
-def validation_seeds(config: Config) -> list[int]:
-    """Fresh seeds for the finalists and the random panel: the race's at most, or the fixed scheme's."""
-    v = config.search.validation
-    count = v.max_seeds if v.scheme == "race" else v.seeds
-    return [derive_seed(config.run.seed, "validation", r) for r in range(count)]
-
-
-def worker_spec(config: Config) -> WorkerSpec:
-    """How workers train and score, from the ``train`` section."""
-    t = config.train
-    settings = TrainSettings(epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
-                             weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()),
-                             precision=t.precision, channels_last=t.channels_last, compile=t.compile,
-                             model=resolve_setup(t.method, **config.model.model_dump()))
-    filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
-    clip = ClipSpec(**t.clip.model_dump()) if t.method in CLIP_METHODS else None
-    return WorkerSpec(t.method, t.hsc_radial, settings, filt, t.focal_gamma, t.focal_alpha, clip)
-
-
-def make_dispatcher(config: Config, task: OneVsRest, images: np.ndarray, run_id: str, worker_class: Any,
-                    log: Callable[[str], None]) -> tuple[Dispatcher, str]:
-    """Fitness workers sized to the cluster; each holds the task, a job carries only its OE images.
-
-    A job's indices point into ``images`` (the corpus, or the images of ``oesearch evaluate``).
-    """
-    r = config.run
-    spec = worker_spec(config)
-    count, options, kind = plan_workers(r.workers, r.gpus_per_worker, log=log)
-
-    def payload(job: Job) -> tuple[np.ndarray]:
-        return (np.ascontiguousarray(images[list(job.indices)]),)
-
-    task_ref = ray.put(task)  # one copy in the object store, shared by every worker
-    dispatcher = Dispatcher(worker_class, (task_ref, spec), payload, count, options, max_retries=r.max_retries,
-                            eval_timeout=r.eval_timeout, name=f"oesearch-{run_id}",
-                            pack=None if r.pack == "auto" else r.pack)
-    return dispatcher, kind
-
-
-def stopped_message(cluster, rundir: RunDir, err: BaseException, command: str = "python oesearch/run.py") -> str:
-    """What happened to the cluster and the exact command (``command --resume RUN_DIR``) that continues the run."""
-    rows = rundir.journal_rows()
-    state = rundir.load_checkpoint(log=lambda _: None)
-    done = f"checkpoint after generation {state.generation}" if state is not None else "no checkpoint yet"
-    where = cluster.where() if cluster is not None else "the Ray cluster"
-    return (f"{where} stopped serving this run ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            f"Nothing finished is lost: {len(rows)} evaluations are in {rundir.file(rundir.journal_name)} "
-            f"({done}). Continue it on a private Ray instance on this machine with: "
-            f"{command} --resume {rundir.path} --address local "
-            "(or give --address of a live cluster instead of local).")
-
-
-@contextmanager
-def dispatching(dispatcher: Dispatcher, rundir: RunDir, cluster, command: str = "python oesearch/run.py"):
-    """Run jobs on ``dispatcher``; a cluster that stops serving them becomes :class:`ClusterLost` with the
-    ``command --resume`` that continues; the journal is closed and the workers shut down however it ends."""
-    try:
-        yield
-    except (WorkersLost, ray.exceptions.RaySystemError, ConnectionError) as err:
-        rundir.close()
-        raise ClusterLost(stopped_message(cluster, rundir, err, command)) from err
-    finally:
-        rundir.close()
-        try:
-            dispatcher.shutdown()
-        except Exception:  # noqa: BLE001  a cluster that went away cannot kill its actors; nothing to do
-            pass
-
-
 def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
     """Load the data and check the config against it, before anything is written."""
     data = load_search_data(config, log)
@@ -203,73 +124,69 @@ def prepare(config: Config, log: Callable[[str], None] = print) -> SearchData:
     return data
 
 
+def image_payload(images: np.ndarray) -> Callable[[Job], tuple[np.ndarray]]:
+    """What a fitness job carries: its OE image(s), gathered from ``images`` (the corpus, or evaluate's files)."""
+    def payload(job: Job) -> tuple[np.ndarray]:
+        return (np.ascontiguousarray(images[list(job.indices)]),)
+
+    return payload
+
+
 def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
                log: Callable[[str], None] = print, progress: bool = True,
-               worker_class: Any = FitnessWorker) -> dict[str, Any]:
+               worker_class: Any = FitnessWorker, report: Report | None = None) -> dict[str, Any]:
     """Run (or, when ``rundir`` holds a checkpoint or journal, continue) a search; return its summary.
 
     ``worker_class`` is the Ray actor class that evaluates jobs: a subclass of
-    :class:`~oesearch.search.worker.FitnessWorkerBase` wrapped by ``ray.remote``.
+    :class:`~oesearch.distributed.fitness_worker.FitnessWorkerBase` wrapped by ``ray.remote``.
+    ``report`` (e.g. :func:`oesearch.analysis.html_report.write_report`) draws ``report.html`` at the end.
     """
     wall_start = time.perf_counter()
     rundir.claim()  # one driver per run directory; readers can tell a live run from a dead one
     try:
-        return _run_claimed(config, rundir, data, log, progress, worker_class, wall_start)
+        return _run_claimed(config, rundir, data, log, progress, worker_class, report, wall_start)
     finally:
         rundir.release()
 
 
 def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: Callable[[str], None],
-                 progress: bool, worker_class: Any, wall_start: float) -> dict[str, Any]:
+                 progress: bool, worker_class: Any, report: Report | None, wall_start: float) -> dict[str, Any]:
     state = rundir.load_checkpoint(log=log)
     earlier_seconds = state.elapsed if state is not None else 0.0  # time spent before a kill
-    if not rundir.file("config.yaml").exists():
-        rundir.write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
     data = data or prepare(config, log)
-    mirror = Mirror(config.run.storage, rundir.path) if config.run.storage and is_uri(config.run.storage) else None
+    with run_context(config, rundir, worker_class=worker_class, shared=data.task, args=(worker_spec(config),),
+                     payload=image_payload(data.corpus.images), method=config.train.method,
+                     mode=config.search.mode, command=RUN_COMMAND, log=log) as ctx:
+        rows = rundir.journal_rows()
+        if rows or state is not None:
+            log(f"resuming: {len(rows)} finished evaluations in the journal, "
+                f"checkpoint after generation {state.generation if state else 'none'}")
 
-    connect(config.run.address, log)
-    cluster = current_cluster() or cluster_info(joined=True, source="Ray initialised by the caller")
-    dispatcher, device_kind = make_dispatcher(config, data.task, data.corpus.images, rundir.path.name, worker_class,
-                                              log)
-    metrics = RunMetrics(rundir.path.name, config.train.method, config.search.mode)
-    rows = rundir.journal_rows()
-    for problem in rundir.dropped:
-        log(f"warning: {rundir.file(rundir.journal_name)}: {problem}; skipped it, so that evaluation runs again")
-    if rows or state is not None:
-        log(f"resuming: {len(rows)} finished evaluations in the journal, "
-            f"checkpoint after generation {state.generation if state else 'none'}")
+        def after_generation(finished: EvolutionState) -> None:
+            rundir.save_checkpoint(finished)
+            if finished.generation == 0:
+                report_signal(generation_zero_signal(config, problem), log)
+            last = finished.logbook[-1]
+            ctx.metrics.record_generation(finished.generation, last["min"], last["max"])
+            ctx.sync()
 
-    def journal(row: dict[str, Any]) -> None:
-        rundir.append(row)
-        metrics.record_row(row)
-
-    def after_generation(finished: EvolutionState) -> None:
-        rundir.save_checkpoint(finished)
-        if finished.generation == 0:
-            report_signal(generation_zero_signal(config, problem), log)
-        last = finished.logbook[-1]
-        metrics.record_generation(finished.generation, last["min"], last["max"])
-        if mirror:
-            mirror.sync()
-
-    problem = FitnessProblem(
-        normal_class=config.data.normal_class,
-        corpus_size=len(data.corpus),
-        mode=config.search.mode,
-        search_seeds=search_seeds(config),
-        run_jobs=dispatcher.run,
-        journal=journal,
-        cache=FitnessCache(rows),
-        progress=progress,
-        seed_of=lambda r: repetition_seed(config.run.seed, r),
-        rescore_seeds=config.search.rescore_seeds,
-    )
-    log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
-        f"{config.search.population}, the initial generation plus {config.search.generations}, {len(dispatcher.slots)} "
-        f"{device_kind} workers; run id {rundir.path.name}")
-    evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=after_generation, log=log)
-    with dispatching(dispatcher, rundir, cluster):
+        problem = FitnessProblem(
+            normal_class=config.data.normal_class,
+            corpus_size=len(data.corpus),
+            mode=config.search.mode,
+            search_seeds=search_seeds(config),
+            run_jobs=ctx.dispatcher.run,
+            journal=ctx.journal,
+            cache=FitnessCache(rows),
+            progress=progress,
+            seed_of=lambda r: repetition_seed(config.run.seed, r),
+            rescore_seeds=config.search.rescore_seeds,
+        )
+        log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
+            f"{config.search.population}, the initial generation plus {config.search.generations}, {ctx.workers} "
+            f"{ctx.device_kind} workers; run id {rundir.path.name}")
+        evolution = Evolution(problem, config.search, data.index, config.run.seed, checkpoint=after_generation,
+                              log=log)
         state = evolution.run(state)
         top, extra = validate(config, problem, state, rundir.journal_rows(), log)
     signal = generation_zero_signal(config, problem)
@@ -286,14 +203,13 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
         corpus_images=data.corpus.images,
         wall_seconds=earlier_seconds + (time.perf_counter() - wall_start),
     )
-    try:  # the report is a view of the files above: failing to draw it must not fail the run
-        from oesearch.analysis.html_report import write_report
-
-        log(f"report: {write_report([rundir.path])}")
-    except Exception as err:  # noqa: BLE001
-        log(f"warning: could not write report.html ({type(err).__name__}: {err}); `oesearch report {rundir.path}` retries")
-    if mirror:
-        mirror.sync()
+    if report is not None:
+        try:  # the report is a view of the files above: failing to draw it must not fail the run
+            log(f"report: {report(rundir.path)}")
+        except Exception as err:  # noqa: BLE001
+            log(f"warning: could not write report.html ({type(err).__name__}: {err}); "
+                f"`oesearch report {rundir.path}` retries")
+    ctx.sync()
     for entry in summary["top"]:
         log(describe_entry(entry, config.search.mode))
     return summary

@@ -1,6 +1,7 @@
-"""One benchmark from config to directory: plan, dispatch the cells through Ray, journal, tables.
+"""The benchmark root: plan the cells, run them on the shared run context, write the tables.
 
-The cells run on the search's machinery: the same :class:`Dispatcher`
+The cells run on the search's machinery (:func:`~oesearch.experiments.context.run_context`):
+the same :class:`~oesearch.distributed.dispatch.Dispatcher`
 (readiness probes, ``ray.wait``, retries on a dead worker, an exception, a
 NaN loss or a timeout, each cell reaching the journal exactly once) and the
 same trainer.  The stores go into Ray's object store once and every worker
@@ -20,18 +21,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
-import ray
-import yaml
 
-from oesearch.benchmark.plan import BenchData, BenchPlan, load_bench_data, plan_benchmark
-from oesearch.benchmark.tables import class_table, oe_labels, oe_size_figure, results_frame, table_markdown
-from oesearch.benchmark.worker import BenchmarkWorker
-from oesearch.config import Config, config_to_dict
+from oesearch.config import Config
+from oesearch.distributed.cell_worker import BenchmarkWorker
+from oesearch.experiments.context import RUN_COMMAND, mirror_for, run_context, write_config
 from oesearch.results.figures import save_png
 from oesearch.results.rundir import RunDir, atomic_write_bytes
-from oesearch.search.cluster import connect
-from oesearch.search.dispatch import Dispatcher, plan_workers
-from oesearch.search.runner import worker_spec
+from oesearch.sweep.cells import BenchData, BenchPlan, load_bench_data, plan_benchmark
+from oesearch.sweep.paper_tables import class_table, oe_labels, oe_size_figure, results_frame, table_markdown
 
 __all__ = ["BenchDir", "Prepared", "prepare_benchmark", "run_benchmark", "write_results"]
 
@@ -53,7 +50,7 @@ class Prepared:
 def prepare_benchmark(config: Config, log: Callable[[str], None] = print) -> Prepared:
     """Load the data and plan every cell; bad values raise ConfigError here, before anything is written."""
     data = load_bench_data(config)
-    plan = plan_benchmark(config, data, worker_spec)
+    plan = plan_benchmark(config, data)
     b = config.benchmark
     pool = ("the training images of the split's OE classes (data.corpus is not used)" if b.protocol == "split"
             else f"a corpus of {len(data.corpus)} images")
@@ -67,8 +64,7 @@ def run_benchmark(config: Config, benchdir: BenchDir, prepared: Prepared | None 
                   log: Callable[[str], None] = print, progress: bool = True,
                   worker_class: Any = BenchmarkWorker) -> pd.DataFrame:
     """Run (or continue) a benchmark in ``benchdir``; write its outputs and return the results frame."""
-    if not benchdir.file("config.yaml").exists():
-        benchdir.write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    write_config(config, benchdir)
     prepared = prepared or prepare_benchmark(config, log)
     plan = prepared.plan
     done = {row["cell"] for row in benchdir.journal_rows()}
@@ -82,6 +78,9 @@ def run_benchmark(config: Config, benchdir: BenchDir, prepared: Prepared | None 
     log(f"ran {len(todo)} trainings in {time.perf_counter() - start:.1f}s")
     frame = results_frame(benchdir.journal_rows(), order=[cell.key for cell in plan.cells])
     write_results(benchdir, frame, config, log)
+    mirror = mirror_for(config, benchdir)
+    if mirror is not None:
+        mirror.sync()
     return frame
 
 
@@ -89,34 +88,31 @@ def _dispatch(config: Config, benchdir: BenchDir, prepared: Prepared, todo: list
               progress: bool, worker_class: Any) -> None:
     from tqdm import tqdm
 
-    r = config.run
-    connect(r.address, log)
-    count, options, kind = plan_workers(r.workers, r.gpus_per_worker, log=log)
-    count = min(count, len(todo))
-    data_ref = ray.put(prepared.data)  # one copy of the stores in the object store, shared by every worker
-    dispatcher = Dispatcher(worker_class, (data_ref, prepared.plan.setup), lambda cell: (), count, options,
-                            max_retries=r.max_retries, eval_timeout=r.eval_timeout,
-                            name=f"oesearch-{benchdir.path.name}", pack=1)
-    log(f"dispatching {len(todo)} trainings to {count} {kind} workers; benchmark id {benchdir.path.name}")
-    bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, leave=False)
     failed = 0
+    with run_context(config, benchdir, worker_class=worker_class, shared=prepared.data, args=(prepared.plan.setup,),
+                     method="+".join(config.benchmark.methods), mode="benchmark", command=f"{RUN_COMMAND} benchmark",
+                     log=log, pack=1, max_workers=len(todo)) as ctx:
+        log(f"dispatching {len(todo)} trainings to {ctx.workers} {ctx.device_kind} workers; "
+            f"benchmark id {benchdir.path.name}")
+        bar = tqdm(total=len(todo), desc="cells", unit="cell", disable=not progress, leave=False)
 
-    def journal(row: dict[str, Any]) -> None:
-        nonlocal failed
-        benchdir.append(row)
-        failed += row["status"] != "ok"
-        bar.update(1)
-        if failed:
-            bar.set_postfix(failed=failed)
+        def journal(row: dict[str, Any]) -> None:
+            nonlocal failed
+            ctx.journal(row)
+            failed += row["status"] != "ok"
+            bar.update(1)
+            if failed:
+                bar.set_postfix(failed=failed)
+            if bar.n % max(1, len(todo) // 10) == 0:  # every tenth of the cells: the mirror stays current
+                ctx.sync()
 
-    try:
-        dispatcher.run(todo, journal)
-    finally:
-        bar.close()
-        benchdir.close()
-        dispatcher.shutdown()
+        try:
+            ctx.dispatcher.run(todo, journal)
+        finally:
+            bar.close()
     if failed:
-        log(f"warning: {failed} trainings failed after {r.max_retries} retries; see 'reason' in {RESULTS_JOURNAL}")
+        log(f"warning: {failed} trainings failed after {config.run.max_retries} retries; "
+            f"see 'reason' in {RESULTS_JOURNAL}")
 
 
 def write_results(benchdir: RunDir, frame: pd.DataFrame, config: Config, log: Callable[[str], None] = print) -> str:

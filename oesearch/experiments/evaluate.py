@@ -16,20 +16,19 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
-import yaml
 
-from oesearch.config import Config, ConfigError, config_to_dict
+from oesearch.config import Config, ConfigError
 from oesearch.data import DataError, OneVsRest, conform, load_corpus
 from oesearch.data.folders import decode_images
+from oesearch.distributed.fitness_worker import FitnessWorker
+from oesearch.experiments.context import RUN_COMMAND, run_context, write_config
+from oesearch.experiments.search import image_payload, load_task
 from oesearch.results import RunDir
 from oesearch.results.rundir import to_json
-from oesearch.search.cluster import cluster_info, connect, current_cluster
 from oesearch.search.fitness import FitnessCache
-from oesearch.search.metrics import RunMetrics
 from oesearch.search.problem import FitnessProblem
-from oesearch.search.runner import dispatching, load_task, make_dispatcher
-from oesearch.search.worker import FitnessWorker
 from oesearch.seeding import derive_seed
+from oesearch.training.settings import worker_spec
 
 __all__ = ["REQUEST", "Evaluation", "evaluation_seeds", "load_image_files", "candidate_images",
            "prepare_evaluation", "run_evaluation",
@@ -102,40 +101,33 @@ def prepare_evaluation(config: Config, indices: Sequence[int] | None = None, ima
 
 
 def run_evaluation(config: Config, rundir: RunDir, evaluation: Evaluation, log: Callable[[str], None] = print,
-                   progress: bool = True, worker_class: Any = FitnessWorker) -> dict[str, Any]:
+                   progress: bool = True, worker_class: Any = FitnessWorker, command: str = "evaluate"
+                   ) -> dict[str, Any]:
     """Train and score each candidate over its seeds; write ``evaluation.json``; return its content.
 
     A run directory that already holds a journal (a killed evaluation) continues: journaled trainings are
-    not run again.
+    not run again. ``command`` names the subcommand (``evaluate`` or ``signal``) in the metrics and in the
+    ``--resume`` line of a lost cluster.
     """
     start = time.perf_counter()
     task, pool, positions, seed_values = evaluation.task, evaluation.pool, evaluation.positions, evaluation.seeds
     indices, images = evaluation.indices, evaluation.images
-    if not rundir.file("config.yaml").exists():
-        rundir.write_text("config.yaml", yaml.safe_dump(config_to_dict(config), sort_keys=False))
+    if write_config(config, rundir):
         rundir.write_json(REQUEST, {"indices": list(indices) if indices else None,
                                     "images": [str(Path(p).resolve()) for p in images] if images else None,
                                     "seeds": evaluation.seed_count})
-    connect(config.run.address, log)
-    cluster = current_cluster() or cluster_info(joined=True, source="Ray initialised by the caller")
-    dispatcher, kind = make_dispatcher(config, task, pool, rundir.path.name, worker_class, log)
-    metrics = RunMetrics(rundir.path.name, config.train.method, "evaluate")
-    rows = rundir.journal_rows()
-    for dropped in rundir.dropped:
-        log(f"warning: {rundir.file(rundir.journal_name)}: {dropped}; skipped it, so that training runs again")
-    if rows:
-        log(f"resuming: {len(rows)} finished trainings in the journal")
-
-    def journal(row: dict[str, Any]) -> None:
-        rundir.append(row)
-        metrics.record_row(row)
-
-    problem = FitnessProblem(normal_class=task.normal_class, corpus_size=len(pool), mode="best", search_seeds=(),
-                             run_jobs=dispatcher.run, journal=journal,
-                             cache=FitnessCache(rows), progress=progress)
-    log(f"evaluate: {len(positions)} OE images x {len(seed_values)} seeds, {config.train.method}, class "
-        f"{task.normal_class} ({task.class_name}), {len(dispatcher.slots)} {kind} workers; run id {rundir.path.name}")
-    with dispatching(dispatcher, rundir, cluster, "python oesearch/run.py evaluate"):
+    with run_context(config, rundir, worker_class=worker_class, shared=task, args=(worker_spec(config),),
+                     payload=image_payload(pool), method=config.train.method, mode=command,
+                     command=f"{RUN_COMMAND} {command}", log=log) as ctx:
+        rows = rundir.journal_rows()
+        if rows:
+            log(f"resuming: {len(rows)} finished trainings in the journal")
+        problem = FitnessProblem(normal_class=task.normal_class, corpus_size=len(pool), mode="best", search_seeds=(),
+                                 run_jobs=ctx.dispatcher.run, journal=ctx.journal,
+                                 cache=FitnessCache(rows), progress=progress)
+        log(f"evaluate: {len(positions)} OE images x {len(seed_values)} seeds, {config.train.method}, class "
+            f"{task.normal_class} ({task.class_name}), {ctx.workers} {ctx.device_kind} workers; "
+            f"run id {rundir.path.name}")
         scores = problem.scores([[p] for p in positions], seed_values, "evaluate")
     results = []
     for n, (position, aucs) in enumerate(zip(positions, scores)):
@@ -147,6 +139,7 @@ def run_evaluation(config: Config, rundir: RunDir, evaluation: Evaluation, log: 
     summary = {"method": config.train.method, "normal_class": task.normal_class, "class_name": task.class_name,
                "seeds": seed_values, "wall_seconds": round(time.perf_counter() - start, 2), "results": results}
     rundir.write_json(RESULTS, summary)
+    ctx.sync()
     return summary
 
 

@@ -34,10 +34,11 @@ from oesearch.config import Config, ConfigError, TrainConfig
 from oesearch.data import DataError, ImageStore, load_corpus, load_normal
 from oesearch.data.splits import (ClassSplit, leave_one_class_out, oe_classes, oe_size_sweep, oe_subset, one_vs_rest,
                                   split_classes, split_protocol)
-from oesearch.search.worker import WorkerSpec
+from oesearch.methods import CLIP_METHODS
 from oesearch.seeding import derive_seed
 from oesearch.training.augment import filter_mask
-from oesearch.training.clip import CLIP_METHODS, check_clip
+from oesearch.training.clip import check_clip
+from oesearch.training.settings import WorkerSpec, worker_spec as config_worker_spec
 
 __all__ = ["Cell", "BenchData", "BenchSetup", "BenchPlan", "load_bench_data", "method_train", "plan_benchmark",
            "class_data", "oe_index", "cell_seed"]
@@ -69,6 +70,10 @@ class Cell:
     def name(self) -> str:
         """Readable label for the Ray dashboard, e.g. ``bench[c3 hsc oe=all r1]``."""
         return f"bench[c{self.class_index} {self.method} oe={self.oe_label} r{self.repetition}]"
+
+    def failed_row(self) -> dict[str, Any]:
+        """The row of this job when it failed without an answer (the dispatcher adds the reason)."""
+        return self.row(auc=None, status="failed", reason=None, seconds=None, worker=None, node=None, device=None)
 
     def row(self, **result: Any) -> dict[str, Any]:
         """A journal (and results table) row: this cell's identity plus ``result``."""
@@ -170,8 +175,12 @@ def _pool_labels(config: Config, data: BenchData, cls: int) -> tuple[np.ndarray,
     return np.asarray(data.train.labels[np.isin(data.train.labels, split.oe_classes)]), split
 
 
-def plan_benchmark(config: Config, data: BenchData, worker_spec: Callable[[Config], WorkerSpec]) -> BenchPlan:
-    """Every cell of the benchmark, in class, method, size, repetition order; raise ConfigError on bad values."""
+def plan_benchmark(config: Config, data: BenchData,
+                   worker_spec: Callable[[Config], WorkerSpec] = config_worker_spec) -> BenchPlan:
+    """Every cell of the benchmark, in class, method, size, repetition order; raise ConfigError on bad values.
+
+    ``worker_spec`` turns each method's config into its workers' settings (the config bridge by default).
+    """
     b = config.benchmark
     names = _class_names(data)
     n_classes = len(names)

@@ -1,6 +1,6 @@
 """Kill a dead driver's private Ray instance: ``python watchdog.py DRIVER_PID ROOT_PID...``.
 
-Started by :func:`oesearch.search.cluster.connect` with a pipe on stdin whose
+Started by :func:`oesearch.distributed.cluster.connect` with a pipe on stdin whose
 only writer is the driver: end of file means the driver is gone, however it
 died.  Meanwhile it notes every process under the instance's roots (GCS,
 raylet, dashboard...), because once the raylet dies its agents are reparented

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from oesearch.training.metrics import roc_auc
+from oesearch.training.auc import roc_auc
 
 # Normals score 0.1, 0.4, 0.35; anomalies score 0.8, 0.4, 0.9.
 # Pairs (anomaly a, normal n), 3 x 3 = 9, counting 1 for a > n and 1/2 for a tie:

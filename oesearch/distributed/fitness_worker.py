@@ -7,81 +7,42 @@ corpus image(s) and seed.
 
 from __future__ import annotations
 
-import os
-import socket
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import ray
-import torch
 
 from oesearch.data.splits import OneVsRest
+from oesearch.distributed.worker import WorkerBase
+from oesearch.methods import method
 from oesearch.search.fitness import Job
-from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
+from oesearch.training import NonFiniteLossError, PreparedTask, train_and_evaluate
 from oesearch.training.clip import ClipSpec, cached_clip
-from oesearch.training.objectives import CLIP_METHODS, packable
 from oesearch.training.packed import auto_pack, train_packed
+from oesearch.training.settings import WorkerSpec
 
-__all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "assigned_device", "worker_identity"]
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """What a worker needs besides the data: how to train and score."""
-
-    method: str
-    hsc_radial: str
-    settings: TrainSettings
-    filter: tuple[str, int] | None = None  # frequency filter on every image, e.g. ("lpf", 14)
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.5
-    clip: ClipSpec | None = None  # the CLIP methods' model, weights and BCE-CL schedule (train.clip)
-
-    def objective(self, class_name: str | None = None):
-        """The objective to train with; ``class_name`` is what the CLIP methods prompt with."""
-        return make_objective(self.method, self.hsc_radial, self.focal_gamma, self.focal_alpha, clip=self.clip,
-                              class_name=class_name)
+__all__ = ["FitnessWorker", "FitnessWorkerBase"]
 
 
-def assigned_device() -> tuple[torch.device, dict[str, float]]:
-    """The device this worker process trains on (a GPU if Ray gave it one) and Ray's resources for it."""
-    assigned = ray.get_runtime_context().get_assigned_resources() if ray.is_initialized() else {}
-    return torch.device("cuda" if assigned.get("GPU") and torch.cuda.is_available() else "cpu"), assigned
-
-
-def worker_identity() -> dict[str, str]:
-    """Where this process runs: host:pid and the Ray node (for the journal and the tests)."""
-    node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-    return {"worker": f"{socket.gethostname()}:{os.getpid()}", "node": node[:12]}
-
-
-class _FitnessWorker:
+class _FitnessWorker(WorkerBase):
     """Trains candidates for one task on one device; the task is loaded once."""
 
     def __init__(self, task: OneVsRest, spec: WorkerSpec) -> None:
-        self.device, assigned = assigned_device()
-        if self.device.type == "cpu":
-            # One thread per reserved CPU: oversubscribing cores slows every worker.
-            torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
-        if spec.method in CLIP_METHODS and not isinstance(task, OneVsRest):
+        super().__init__()
+        info = method(spec.method)
+        if info.clip and not isinstance(task, OneVsRest):
             raise ValueError(f"train.method {spec.method} prompts with the one normal class of a one-vs-rest task, "
                              f"got a {type(task).__name__}")
         self.task = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
         self.objective = spec.objective(getattr(task, "class_name", None))
-        if spec.method in CLIP_METHODS:  # load the model now, once per process, not inside a timed training
+        if info.clip:  # load the model now, once per process, not inside a timed training
             clip = spec.clip or ClipSpec()
             cached_clip(clip.model, clip.weights, self.device)
         self.settings = spec.settings
-        self.identity = worker_identity()
         # Candidates this worker can train at once: its share of free GPU memory, 1 on CPU.
-        share = float(assigned.get("GPU", 1) or 1)
-        self.pack = max(1, int(auto_pack(self.device) * min(share, 1.0))) if packable(self.objective) else 1
-
-    def ready(self) -> dict[str, Any]:
-        """Answered once the data is on the device; the dispatcher feeds only ready workers."""
-        return {**self.identity, "pid": os.getpid(), "pack": self.pack}
+        share = float(self.assigned.get("GPU", 1) or 1)
+        self.pack = max(1, int(auto_pack(self.device) * min(share, 1.0))) if info.packable else 1
 
     def evaluate(self, job: Job, oe_images: np.ndarray) -> dict[str, Any]:
         """Train and score one job; a diverged training is a failed row, not an exception."""
@@ -91,7 +52,7 @@ class _FitnessWorker:
             outcome = {"auc": result.auc, "status": "ok", "reason": None}
         except NonFiniteLossError as err:
             outcome = {"auc": None, "status": "failed", "reason": f"non-finite loss: {err}"}
-        return job.row(**outcome, seconds=round(time.perf_counter() - start, 4), device=str(self.device), **self.identity)
+        return self.stamp(job.row(**outcome, seconds=round(time.perf_counter() - start, 4)))
 
     def evaluate_batch(self, jobs: list[Job], payloads: list[tuple[np.ndarray]]) -> list[dict[str, Any]]:
         """Train ``jobs`` as one packed training (K = len(jobs)); one row per job, in order.
@@ -107,7 +68,7 @@ class _FitnessWorker:
         for job, auc, failure in zip(jobs, result.aucs, result.failures):
             outcome = ({"auc": auc, "status": "ok", "reason": None} if failure is None
                        else {"auc": None, "status": "failed", "reason": f"non-finite loss: {failure}"})
-            rows.append(job.row(**outcome, seconds=share, device=str(self.device), **self.identity))
+            rows.append(self.stamp(job.row(**outcome, seconds=share)))
         return rows
 
 

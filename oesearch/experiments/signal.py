@@ -15,13 +15,15 @@ import numpy as np
 
 from oesearch.config import Config, ConfigError
 from oesearch.data import load_corpus
+from oesearch.distributed.fitness_worker import FitnessWorker
+from oesearch.experiments.context import mirror_for
+from oesearch.experiments.evaluate import Evaluation, run_evaluation
+from oesearch.experiments.search import load_task
 from oesearch.results import RunDir
 from oesearch.results.rundir import to_json
-from oesearch.search.evaluate import Evaluation, run_evaluation
 from oesearch.search.evolution import random_individuals
-from oesearch.search.runner import load_task, repetition_seed
+from oesearch.search.seeds import repetition_seed
 from oesearch.search.statistics import Signal, variance_components
-from oesearch.search.worker import FitnessWorker
 
 __all__ = ["SIGNAL", "prepare_signal", "run_signal", "signal_line"]
 
@@ -45,7 +47,8 @@ def prepare_signal(config: Config, images: int = 48, seeds: int = 4) -> Evaluati
 def run_signal(config: Config, rundir: RunDir, evaluation: Evaluation, log: Callable[[str], None] = print,
                progress: bool = True, worker_class: Any = FitnessWorker) -> tuple[Signal, dict[str, Any]]:
     """Train the images x seeds, write ``signal.json`` and return the signal and that file's content."""
-    summary = run_evaluation(config, rundir, evaluation, log=log, progress=progress, worker_class=worker_class)
+    summary = run_evaluation(config, rundir, evaluation, log=log, progress=progress, worker_class=worker_class,
+                             command="signal")
     matrix = np.array([[np.nan if a is None else a for a in r["aucs"]] for r in summary["results"]], dtype=float)
     try:
         signal = variance_components(matrix, config.search.repetitions)
@@ -55,6 +58,9 @@ def run_signal(config: Config, rundir: RunDir, evaluation: Evaluation, log: Call
               "repetitions": config.search.repetitions, **signal.as_dict(),
               "mean_auc": round(float(np.nanmean(matrix)), 4), "wall_seconds": summary["wall_seconds"]}
     rundir.write_json(SIGNAL, result)
+    mirror = mirror_for(config, rundir)
+    if mirror is not None:
+        mirror.sync()
     return signal, result
 
 

@@ -3,14 +3,13 @@
 The stores arrive once, through the object store (``ray.put`` by the driver),
 as read-only shared memory.  A cell carries only its identity; the worker
 derives the cell's task and OE with the pure functions of
-:mod:`oesearch.benchmark.plan` and trains with the search's own trainer
+:mod:`oesearch.sweep.cells` and trains with the search's own trainer
 (:func:`~oesearch.training.train_and_evaluate`).  The prepared tasks of the
 last few classes stay on the device (cells arrive class by class).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections import OrderedDict
 from typing import Any
@@ -18,32 +17,27 @@ from typing import Any
 import numpy as np
 import ray
 
-from oesearch.benchmark.plan import BenchData, BenchSetup, Cell, class_data, oe_index
-from oesearch.search.worker import assigned_device, worker_identity
+from oesearch.distributed.worker import WorkerBase
+from oesearch.sweep.cells import BenchData, BenchSetup, Cell, class_data, oe_index
 from oesearch.training import NonFiniteLossError, PreparedTask, train_and_evaluate
+from oesearch.training.clip import cached_clip
 
 __all__ = ["BenchmarkWorkerBase", "BenchmarkWorker"]
 
 _TASKS_KEPT = 2  # prepared classes kept on the device
 
 
-class BenchmarkWorkerBase:
+class BenchmarkWorkerBase(WorkerBase):
     """Trains benchmark cells on one device (a plain class; :data:`BenchmarkWorker` is its Ray actor)."""
 
     def __init__(self, data: BenchData, setup: BenchSetup) -> None:
-        import torch
-
-        self.device, assigned = assigned_device()
-        if self.device.type == "cpu" and ray.is_initialized():
-            # One thread per reserved CPU: oversubscribing cores slows every worker.
-            torch.set_num_threads(max(1, int(assigned.get("CPU", 1))))
+        super().__init__()
         self.data = data
         self.setup = setup
-        self.identity = worker_identity()
         self._tasks: OrderedDict[tuple, tuple[PreparedTask, Any]] = OrderedDict()
-
-    def ready(self) -> dict[str, Any]:
-        return {**self.identity, "pid": os.getpid(), "pack": 1}
+        for spec in setup.specs.values():  # CLIP loads now, once per process, not inside a timed training
+            if spec.clip is not None:
+                cached_clip(spec.clip.model, spec.clip.weights, self.device)
 
     def prepared(self, cell: Cell) -> tuple[PreparedTask, Any]:
         """The cell's task on the device (normalised by its normal training images) and its OE pool."""
@@ -75,8 +69,7 @@ class BenchmarkWorkerBase:
             outcome = {"auc": result.auc, "status": "ok", "reason": None}
         except NonFiniteLossError as err:
             outcome = {"auc": None, "status": "failed", "reason": f"non-finite loss: {err}"}
-        return cell.row(**outcome, seconds=round(time.perf_counter() - start, 4), device=str(self.device),
-                        **self.identity)
+        return self.stamp(cell.row(**outcome, seconds=round(time.perf_counter() - start, 4)))
 
 
 BenchmarkWorker = ray.remote(BenchmarkWorkerBase)

@@ -14,8 +14,10 @@ Every job is retried at most ``max_retries`` times; one that still fails is
 handed back as a failed row with its last reason.  Each job reaches ``on_row``
 exactly once.  Any actor class with ``ready()`` and ``evaluate(job, *payload)``
 can be dispatched (the benchmarks use a sleeping one), and any job that has a
-``name`` and a ``row(**fields)`` (:class:`DispatchJob`): the search's fitness
-:class:`~oesearch.search.fitness.Job`, or a benchmark cell.
+``name`` and a ``failed_row()`` (:class:`DispatchJob`): the search's fitness
+:class:`~oesearch.search.fitness.Job`, or a benchmark :class:`~oesearch.sweep.cells.Cell`.
+The dispatcher reads only a row's ``status`` and ``reason`` and adds ``attempts``;
+what else a row holds is the job's business.
 
 With ``pack`` K > 1 (or ``None``: the K each worker reports in ``ready()``),
 up to K pending jobs go to a worker as one ``evaluate_batch(jobs, payloads)``
@@ -46,7 +48,7 @@ _STALL_LOG_SECONDS = 60.0  # how often to say so while no worker is ready (e.g. 
 
 def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: float = 900.0,
                  log: Callable[[str], None] = print) -> tuple[int, dict[str, Any], str]:
-    """How many fitness workers, with which resource request, and on what kind of device.
+    """How many workers, with which resource request, and on what kind of device.
 
     Without an explicit count, it is what the live nodes can host *at once*: per
     node, GPU shares limited by its CPUs (each worker holds one CPU).  An
@@ -69,10 +71,10 @@ def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: floa
         if fit > 0:
             return workers or fit, options, "gpu" if has_gpu else "cpu"
         if time.monotonic() > deadline:
-            raise RuntimeError(f"no node of the Ray cluster can host a fitness worker after {wait_seconds:.0f}s "
+            raise RuntimeError(f"no node of the Ray cluster can host a worker after {wait_seconds:.0f}s "
                                "(the head has no CPUs for workers, and no worker node joined)")
         if not said:
-            log("waiting for worker nodes to join the cluster (no node can host a fitness worker yet)")
+            log("waiting for worker nodes to join the cluster (no node can host a worker yet)")
             said = True
         time.sleep(2.0)
 
@@ -87,8 +89,8 @@ class DispatchJob(Protocol):
     @property
     def name(self) -> str: ...
 
-    def row(self, **result: Any) -> dict[str, Any]:
-        """The job's identity plus ``result`` (the row of a job that failed without an answer)."""
+    def failed_row(self) -> dict[str, Any]:
+        """The row of this job when it failed without an answer (``status`` failed; the dispatcher sets ``reason``)."""
         ...
 
 
@@ -163,7 +165,7 @@ class Dispatcher:
         failures = old.start_failures + 1 if start_failed else 0
         if failures >= self.max_start_failures:
             if not any(s.usable for s in self.slots):
-                raise WorkersLost(f"fitness workers fail to start ({failures} times in a row); see the worker logs above")
+                raise WorkersLost(f"workers fail to start ({failures} times in a row); see the worker logs above")
             log.warning("worker slot %d failed to start %d times; going on without it", i, failures)
             old.retired, old.ready_ref = True, None
             return
@@ -242,7 +244,7 @@ class Dispatcher:
                 pending.appendleft((job, attempt + 1))
                 return
             if row is None:
-                row = job.row(auc=None, status="failed", reason=None, seconds=None, worker=None, node=None, device=None)
+                row = job.failed_row()
             row["reason"] = f"{reason} (attempt {attempt + 1} of {self.max_retries + 1})"[:2000]
             finish(attempt, row)
 
@@ -272,7 +274,7 @@ class Dispatcher:
             if not done:
                 self._kill_hung(now, lose_slot)
                 if not flights and now - last_progress > _STALL_LOG_SECONDS:
-                    log.warning("no fitness worker is ready yet (%d starting); waiting for resources", len(probes))
+                    log.warning("no worker is ready yet (%d starting); waiting for resources", len(probes))
                     last_progress = now
                 continue
             ref = done[0]
