@@ -140,6 +140,7 @@ def worker_spec(config: Config) -> WorkerSpec:
     settings = TrainSettings(epochs=t.epochs, lr=t.lr, milestones=tuple(t.milestones), batch_size=t.batch_size,
                              weight_decay=t.weight_decay, augment=Augment(**t.augment.model_dump()),
                              precision=t.precision, channels_last=t.channels_last, compile=t.compile,
+                             dedup=t.dedup, cudnn_benchmark=t.cudnn_benchmark,
                              model=resolve_setup(t.method, **config.model.model_dump()))
     filt = None if t.filter.kind == "none" or t.filter.magnitude == 0 else (t.filter.kind, t.filter.magnitude)
     clip = ClipSpec(**t.clip.model_dump()) if t.method in CLIP_METHODS else None

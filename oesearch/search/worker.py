@@ -22,7 +22,9 @@ from oesearch.search.fitness import Job
 from oesearch.training import NonFiniteLossError, PreparedTask, TrainSettings, make_objective, train_and_evaluate
 from oesearch.training.clip import ClipSpec, cached_clip
 from oesearch.training.objectives import CLIP_METHODS, packable
-from oesearch.training.packed import auto_pack, train_packed
+from oesearch.training.execution import configure_device
+from oesearch.training.memory import halved
+from oesearch.training.packed import auto_pack, candidate_bytes_for, train_packed
 
 __all__ = ["WorkerSpec", "FitnessWorker", "FitnessWorkerBase", "assigned_device", "worker_identity"]
 
@@ -74,10 +76,15 @@ class _FitnessWorker:
             clip = spec.clip or ClipSpec()
             cached_clip(clip.model, clip.weights, self.device)
         self.settings = spec.settings
+        configure_device(self.device, spec.settings.cudnn_benchmark)
         self.identity = worker_identity()
-        # Candidates this worker can train at once: its share of free GPU memory, 1 on CPU.
+        # Candidates this worker can train at once: its share of free GPU memory by the memory model, 1 on CPU.
         share = float(assigned.get("GPU", 1) or 1)
-        self.pack = max(1, int(auto_pack(self.device) * min(share, 1.0))) if packable(self.objective) else 1
+        self.pack = 1
+        if packable(self.objective):
+            per_candidate = candidate_bytes_for(self.task, self.settings, self.objective.head)
+            self.pack = max(1, int(auto_pack(self.device, per_candidate=per_candidate) * min(share, 1.0)))
+        self.oom_halvings = 0  # times an out-of-memory error halved self.pack (kept for the rest of the run)
 
     def ready(self) -> dict[str, Any]:
         """Answered once the data is on the device; the dispatcher feeds only ready workers."""
@@ -100,15 +107,50 @@ class _FitnessWorker:
         ``seconds`` is the call's wall time divided by K (each job's share).
         """
         start = time.perf_counter()
-        result = train_packed(self.task, [p[0] for p in payloads], self.objective, self.settings,
-                              [job.seed for job in jobs])
+        aucs, failures = self._train_in_packs(jobs, payloads)
         share = round((time.perf_counter() - start) / len(jobs), 4)
         rows = []
-        for job, auc, failure in zip(jobs, result.aucs, result.failures):
+        for job, auc, failure in zip(jobs, aucs, failures):
             outcome = ({"auc": auc, "status": "ok", "reason": None} if failure is None
                        else {"auc": None, "status": "failed", "reason": f"non-finite loss: {failure}"})
             rows.append(job.row(**outcome, seconds=share, device=str(self.device), **self.identity))
         return rows
+
+    def _train_in_packs(self, jobs: list[Job], payloads: list[tuple[np.ndarray]]
+                        ) -> tuple[list[float | None], list[str | None]]:
+        """Train ``jobs`` in packed calls of at most ``self.pack``; an out-of-memory error halves it and retries.
+
+        The retry trains the same jobs again (no job retry is counted: nothing about
+        them failed), and the halved K stays for every later call of this worker.
+        """
+        aucs: list[float | None] = []
+        failures: list[str | None] = []
+        i = 0
+        while i < len(jobs):
+            k = min(self.pack, len(jobs) - i)
+            try:
+                result = self._train_packed(jobs[i : i + k], payloads[i : i + k])
+            except torch.OutOfMemoryError:
+                if k == 1:
+                    raise
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                self.pack = halved(k)
+                self.oom_halvings += 1
+                continue
+            aucs += result.aucs
+            failures += result.failures
+            i += k
+        return aucs, failures
+
+    def _train_packed(self, jobs: list[Job], payloads: list[tuple[np.ndarray]]):
+        """One packed training of ``jobs`` (the OOM tests override this to inject the error)."""
+        return train_packed(self.task, [p[0] for p in payloads], self.objective, self.settings,
+                            [job.seed for job in jobs])
+
+    def packing(self) -> dict[str, int]:
+        """The K this worker packs now and how often an out-of-memory error halved it."""
+        return {"pack": self.pack, "oom_halvings": self.oom_halvings}
 
 
 FitnessWorkerBase = _FitnessWorker  # subclass this (then wrap with ray.remote) to change how a job is evaluated
