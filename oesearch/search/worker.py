@@ -84,7 +84,8 @@ class _FitnessWorker:
         if packable(self.objective):
             per_candidate = candidate_bytes_for(self.task, self.settings, self.objective.head)
             self.pack = max(1, int(auto_pack(self.device, per_candidate=per_candidate) * min(share, 1.0)))
-        self.oom_halvings = 0  # times an out-of-memory error halved self.pack (kept for the rest of the run)
+        self.max_pack: int | None = None  # K at most, once an out-of-memory error halved it (for the rest of the run)
+        self.oom_halvings = 0
 
     def ready(self) -> dict[str, Any]:
         """Answered once the data is on the device; the dispatcher feeds only ready workers."""
@@ -118,16 +119,17 @@ class _FitnessWorker:
 
     def _train_in_packs(self, jobs: list[Job], payloads: list[tuple[np.ndarray]]
                         ) -> tuple[list[float | None], list[str | None]]:
-        """Train ``jobs`` in packed calls of at most ``self.pack``; an out-of-memory error halves it and retries.
+        """Train ``jobs`` as one packed training; an out-of-memory error halves K and retries.
 
-        The retry trains the same jobs again (no job retry is counted: nothing about
-        them failed), and the halved K stays for every later call of this worker.
+        The retry trains the same jobs again, in packs of the halved K (no job retry is
+        counted: nothing about them failed), and the halved K caps every later call of
+        this worker (``max_pack``; the K it reports for ``run.pack: auto`` too).
         """
         aucs: list[float | None] = []
         failures: list[str | None] = []
         i = 0
         while i < len(jobs):
-            k = min(self.pack, len(jobs) - i)
+            k = min(len(jobs) - i, self.max_pack or len(jobs))
             try:
                 result = self._train_packed(jobs[i : i + k], payloads[i : i + k])
             except torch.OutOfMemoryError:
@@ -135,7 +137,8 @@ class _FitnessWorker:
                     raise
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
-                self.pack = halved(k)
+                self.max_pack = halved(k)
+                self.pack = min(self.pack, self.max_pack)
                 self.oom_halvings += 1
                 continue
             aucs += result.aucs
@@ -148,9 +151,9 @@ class _FitnessWorker:
         return train_packed(self.task, [p[0] for p in payloads], self.objective, self.settings,
                             [job.seed for job in jobs])
 
-    def packing(self) -> dict[str, int]:
-        """The K this worker packs now and how often an out-of-memory error halved it."""
-        return {"pack": self.pack, "oom_halvings": self.oom_halvings}
+    def packing(self) -> dict[str, int | None]:
+        """The K it reports for ``run.pack: auto``, the cap an out-of-memory error set, and how often one did."""
+        return {"pack": self.pack, "max_pack": self.max_pack, "oom_halvings": self.oom_halvings}
 
 
 FitnessWorkerBase = _FitnessWorker  # subclass this (then wrap with ray.remote) to change how a job is evaluated

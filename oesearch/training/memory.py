@@ -24,7 +24,7 @@ import torch
 
 from oesearch.models.lenet import spec_for_size
 
-__all__ = ["COMPUTE_CAP", "TEST_ROWS", "candidate_bytes", "pack_size", "test_chunk", "measured_peak_bytes",
+__all__ = ["COMPUTE_CAP", "TEST_ROWS", "candidate_bytes", "pack_size", "scoring_chunk", "measured_peak_bytes",
            "MemoryEstimate", "halved", "oom_guard", "parameter_count"]
 
 # At most this many candidates per packed call.  The grouped convolutions of a CIFAR LeNet fill an
@@ -98,7 +98,7 @@ def candidate_bytes(image_shape: tuple[int, int, int], train_rows: int, test_row
     return MemoryEstimate(state, train, test)
 
 
-def test_chunk(k: int, rows: int = TEST_ROWS) -> int:
+def scoring_chunk(k: int, rows: int = TEST_ROWS) -> int:
     """Test images per chunk of a K-candidate test pass: in proportion to 1 / K, at least 1."""
     return max(1, rows // max(1, k))
 

@@ -21,7 +21,7 @@ loss mean weighs candidate k's rows by candidate k's multiplicities.
 The test pass shares one input among the K candidates: the first grouped
 convolution becomes one ordinary convolution from C to K*c channels (the same
 per-candidate arithmetic, no K-fold copy of the input), and its chunks shrink
-as 1/K (:func:`oesearch.training.memory.test_chunk`).
+as 1/K (:func:`oesearch.training.memory.scoring_chunk`).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from oesearch.models.lenet import _LEAK, LeNet
 from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.metrics import roc_auc
 from oesearch.training.dedup import oe_multiplicities, weighted_batchnorm
-from oesearch.training.memory import candidate_bytes, pack_size, test_chunk
+from oesearch.training.memory import candidate_bytes, pack_size, scoring_chunk
 from oesearch.training.objectives import Objective, packable
 from oesearch.training.trainer import (PreparedTask, TrainSettings, balanced_batches, batch_generator, batch_indices,
                                        seeded_model, setup_for, uses_dedup)
@@ -159,7 +159,7 @@ def candidate_bytes_for(task: PreparedTask, settings: TrainSettings, head: bool,
     b = min(settings.batch_size, task.train.shape[0])
     rows = b + min(b, oe_rows) if settings.dedup and not settings.augment.active else 2 * b
     size = 2 if settings.precision == "bf16" else torch.tensor([], dtype=task.dtype).element_size()
-    estimate = candidate_bytes(task.image_shape, rows, test_chunk(1), dtype_bytes=max(size, 4), head=head)
+    estimate = candidate_bytes(task.image_shape, rows, scoring_chunk(1), dtype_bytes=max(size, 4), head=head)
     return estimate.total
 
 
@@ -283,7 +283,7 @@ def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective
     with forward:
         scores = _packed_scores(model, packed.k, objective, task.test,
                                 lambda px: place_input(task.prepare(px), settings.channels_last),
-                                chunk=test_chunk(packed.k))
+                                chunk=scoring_chunk(packed.k))
     aucs: list[float | None] = []
     failures: list[str | None] = []
     for i in range(k):
