@@ -265,7 +265,7 @@ def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective
             # (rows, K, C, H, W) -> (rows, K*C, H, W): candidate k owns channel block k.
             x = place_input(stacked.flatten(1, 2), settings.channels_last)
             is_outlier = torch.arange(x.shape[0], device=device) >= b
-            with forward, (weighted_batchnorm(packed, weights) if weights is not None else contextlib.nullcontext()):
+            with forward, (weighted_batchnorm(packed, weights, b) if weights is not None else contextlib.nullcontext()):
                 out = model(x)
             losses = _per_candidate_loss(objective, out.to(task.dtype), is_outlier, weights)
             alive &= torch.isfinite(losses)

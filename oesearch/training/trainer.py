@@ -328,7 +328,7 @@ def _train(task: PreparedTask, oe_images: np.ndarray, objective: Objective, sett
                     continue
             steps += 1
             is_outlier = torch.arange(x.shape[0], device=device) >= b
-            with forward, (weighted_batchnorm(net, weights) if weights is not None else contextlib.nullcontext()):
+            with forward, (weighted_batchnorm(net, weights, b) if weights is not None else contextlib.nullcontext()):
                 out = model(place_input(x, settings.channels_last))
             per_row = objective.loss(out.to(task.dtype), is_outlier)
             loss = per_row.mean() if weights is None else (per_row * weights.to(per_row.dtype)).sum() / (2 * b)
