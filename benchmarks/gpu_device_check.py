@@ -86,15 +86,16 @@ def main() -> None:
             start = time.perf_counter()
             peak = measured_peak_bytes(lambda: train_packed(gpu_task, oes_k, objective, s, list(range(k))), cuda)
             rows = 129 if dedup else 256
-            model = k * candidate_bytes(gpu_task.image_shape, rows, scoring_chunk(k)).total
+            model = k * candidate_bytes(gpu_task.image_shape, rows, min(len(test), scoring_chunk(k))).total
             memory[f"K{k}{'_dedup' if dedup else ''}"] = {
                 "measured_mib": round(peak / 2**20, 1), "model_mib": round(model / 2**20, 1),
                 "model_over_measured": round(model / peak, 3), "seconds": round(time.perf_counter() - start, 2)}
     out["memory"] = memory
     free, total = torch.cuda.mem_get_info(cuda)
     out["free_gib"], out["total_gib"] = round(free / 2**30, 1), round(total / 2**30, 1)
-    per = candidate_bytes_for(gpu_task, one_epoch, head=False)
-    out["auto_pack"] = {"per_candidate_mib": round(per / 2**20, 1), "k": auto_pack(cuda, per_candidate=per)}
+    per, reserve = candidate_bytes_for(gpu_task, one_epoch, head=False)
+    out["auto_pack"] = {"per_candidate_mib": round(per / 2**20, 1), "test_pass_mib": round(reserve / 2**20, 1),
+                        "k": auto_pack(cuda, per_candidate=per, reserve=reserve)}
 
     # 4. Precisions.
     for precision in ("fp32", "tf32", "bf16"):

@@ -185,7 +185,8 @@ def main() -> None:
         rate = k * 3600 / min(w)
         rows.append((name, k, min(w), rate, rate / plain_rate, aucs[name]))
         packed_key = f"packed{k}_dedup" if name.startswith("packed+dedup") else f"packed{k}"
-        key = {"plain": "plain", "resident": "resident", "dedup": "dedup", switched_name: "switched"}.get(name, packed_key)
+        names = {"plain": "plain", "resident": "resident", "dedup": "dedup", switched_name: "switched"}
+        key = names.get(name, packed_key)
         figures[f"{key}_evals_per_hour"] = round(rate, 1)
         if name != "plain":
             figures[f"{key}_vs_plain"] = round(rate / plain_rate, 3)

@@ -101,3 +101,32 @@ def test_an_oom_through_the_dispatcher_completes_every_job_once_without_a_retry(
     assert dispatcher.retries == 0 and dispatcher.replaced == 0
     assert packing == {"pack": 1, "max_pack": 2, "oom_halvings": 1}  # pack: CPU's auto K
     assert attempts[0] == 4 and all(k <= 2 for k in attempts[1:]) and sum(attempts[1:]) == 8
+
+
+def test_one_worker_per_gpu_by_default_once_packing_is_on() -> None:
+    assert config_from_dict({}).run.gpus_per_worker == 0.25
+    assert config_from_dict({"run": {"pack": "auto"}}).run.gpus_per_worker == 1.0
+    assert config_from_dict({"run": {"pack": 8}}).run.gpus_per_worker == 1.0
+    assert config_from_dict({"run": {"pack": "auto", "gpus_per_worker": 0.5}}).run.gpus_per_worker == 0.5
+
+
+def test_tf32_with_compile_is_refused_with_the_reason() -> None:
+    from oesearch.config import ConfigError
+
+    with pytest.raises(ConfigError, match="pytorch#166387"):
+        config_from_dict({"train": {"precision": "tf32", "compile": True}})
+    with pytest.raises(ValueError, match="pytorch#166387"):
+        TrainSettings(precision="tf32", compile=True)
+    assert config_from_dict({"train": {"precision": "tf32"}}).train.dedup  # dedup is on by default
+
+
+def test_the_test_pass_is_a_fixed_cost_not_one_per_candidate() -> None:
+    from oesearch.training.packed import candidate_bytes_for
+
+    settings = TrainSettings(batch_size=64)
+    per, reserve = candidate_bytes_for(TASK, settings, head=False)
+    estimate = candidate_bytes(TASK.image_shape, 65, 0)  # one OE image, de-duplicated: 64 + 1 rows
+    assert per == estimate.state + estimate.train_step
+    assert reserve == candidate_bytes(TASK.image_shape, 0, len(TASK.test)).test_pass
+    per_dup, _ = candidate_bytes_for(TASK, TrainSettings(batch_size=64, dedup=False), head=False)
+    assert per_dup > per  # the duplicated batch keeps twice the rows' activations

@@ -82,8 +82,9 @@ class _FitnessWorker:
         share = float(assigned.get("GPU", 1) or 1)
         self.pack = 1
         if packable(self.objective):
-            per_candidate = candidate_bytes_for(self.task, self.settings, self.objective.head)
-            self.pack = max(1, int(auto_pack(self.device, per_candidate=per_candidate) * min(share, 1.0)))
+            per_candidate, reserve = candidate_bytes_for(self.task, self.settings, self.objective.head)
+            self.pack = max(1, int(auto_pack(self.device, per_candidate=per_candidate, reserve=reserve)
+                                   * min(share, 1.0)))
         self.max_pack: int | None = None  # K at most, once an out-of-memory error halved it (for the rest of the run)
         self.oom_halvings = 0
 

@@ -69,7 +69,7 @@ def matmul_mode(precision: str, device: torch.device) -> Iterator[None]:
 
 
 def configure_device(device: torch.device, cudnn_benchmark: bool = True) -> None:
-    """Process-wide settings of a worker that trains on ``device``: cuDNN's autotuner on GPUs (``train.cudnn_benchmark``).
+    """Process-wide settings of a worker that trains on ``device``: cuDNN's autotuner (``train.cudnn_benchmark``).
 
     Every training of a worker has the same shapes (the batch, the last batch, the test
     chunks), so cuDNN's per-shape search for the fastest convolution pays once per

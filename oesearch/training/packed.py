@@ -48,9 +48,9 @@ from oesearch.training.trainer import (PreparedTask, TrainSettings, balanced_bat
 
 __all__ = ["PackedLeNet", "PackedResult", "train_packed", "auto_pack", "CANDIDATE_BYTES", "candidate_bytes_for"]
 
-# Device bytes of one CIFAR-sized candidate (fp32, batch 128 + 128, no de-duplication) by the memory
-# model (oesearch.training.memory.candidate_bytes), for callers that size K without a task at hand.
-CANDIDATE_BYTES = candidate_bytes((32, 32, 3), 256).total
+# Device bytes of one CIFAR-sized candidate (fp32, batch 128 + 128, no de-duplication, the test pass apart) by
+# the memory model (oesearch.training.memory.candidate_bytes), for callers that size K without a task at hand.
+CANDIDATE_BYTES = candidate_bytes((32, 32, 3), 256, 0).total
 
 
 def _stacked(tensors: Sequence[torch.Tensor | None], cat: bool = False) -> nn.Parameter | None:
@@ -132,10 +132,10 @@ class PackedResult:
 
 
 def auto_pack(device: torch.device, requested: int | None = None, per_candidate: int = CANDIDATE_BYTES,
-              jobs: int | None = None) -> int:
+              jobs: int | None = None, reserve: int = 0) -> int:
     """K: ``requested`` if given; on CUDA what free memory holds by the memory model; on CPU 1.
 
-    On CUDA, K is what 80% of the free memory holds at ``per_candidate`` bytes each
+    On CUDA, K is what 80% of the free memory, less ``reserve`` (the test pass), holds at ``per_candidate`` bytes each
     (:func:`oesearch.training.memory.candidate_bytes`), capped at
     :data:`~oesearch.training.memory.COMPUTE_CAP` (compute saturates near K = 32)
     and at ``jobs`` when given.
@@ -150,17 +150,22 @@ def auto_pack(device: torch.device, requested: int | None = None, per_candidate:
         return requested
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return pack_size(free, per_candidate, jobs)
+        return pack_size(max(0, free - reserve), per_candidate, jobs)
     return 1
 
 
-def candidate_bytes_for(task: PreparedTask, settings: TrainSettings, head: bool, oe_rows: int = 1) -> int:
-    """The memory model's peak bytes for one candidate of ``task`` under ``settings`` (``oe_rows`` OE images)."""
+def candidate_bytes_for(task: PreparedTask, settings: TrainSettings, head: bool, oe_rows: int = 1) -> tuple[int, int]:
+    """The memory model for ``task`` under ``settings`` (``oe_rows`` OE images): (bytes per candidate, fixed bytes).
+
+    Per candidate: its state and a training step.  Fixed: the test pass, whose chunks
+    shrink as 1/K so that its activations take the same memory whatever K.
+    """
     b = min(settings.batch_size, task.train.shape[0])
     rows = b + min(b, oe_rows) if settings.dedup and not settings.augment.active else 2 * b
-    size = 2 if settings.precision == "bf16" else torch.tensor([], dtype=task.dtype).element_size()
-    estimate = candidate_bytes(task.image_shape, rows, scoring_chunk(1), dtype_bytes=max(size, 4), head=head)
-    return estimate.total
+    size = max(4, torch.tensor([], dtype=task.dtype).element_size())  # bf16 autocast keeps float32 copies too
+    per = candidate_bytes(task.image_shape, rows, 0, dtype_bytes=size, head=head)
+    scoring = candidate_bytes(task.image_shape, 0, min(len(task.test), scoring_chunk(1)), dtype_bytes=size, head=head)
+    return per.state + per.train_step, scoring.test_pass
 
 
 def _per_candidate_loss(objective: Objective, out: torch.Tensor, is_outlier: torch.Tensor,
