@@ -224,6 +224,9 @@ class ClipConfig(_Section):
 
 
 Method = Literal[NAMES]  # the registry's names (oesearch/methods.py)
+TF32_COMPILE_REFUSED = ("train.precision tf32 with train.compile: tf32 sets PyTorch's fp32_precision flags, after "
+                        "which inductor's reads of the legacy allow_tf32 flags raise (pytorch#166387); use precision "
+                        "fp32 or bf16 with compile, or tf32 without compile")
 
 
 class TrainConfig(_Section):
@@ -243,10 +246,19 @@ class TrainConfig(_Section):
     augment: AugmentConfig = AugmentConfig()
     filter: FilterConfig = FilterConfig()
     precision: Literal["fp32", "bf16", "tf32"] = Field(
-        "fp32", description="fp32: PyTorch's defaults; bf16: forward passes under bfloat16 autocast on the device; "
-        "tf32: TF32 matmuls and convolutions on CUDA (no effect on CPU)")
+        "fp32", description="fp32: PyTorch's defaults (on CUDA that is float32 matmuls but cuDNN convolutions "
+        "already in TF32, torch.backends.cudnn.allow_tf32 being true by default; on CPU plain float32); bf16: "
+        "forward passes under bfloat16 autocast on the device; tf32: TF32 for CUDA matmuls too (no effect on "
+        "CPU); tf32 with train.compile is refused (pytorch#166387)")
     channels_last: bool = Field(False, description="model weights and batches in NHWC memory order")
     compile: bool = Field(False, description="torch.compile the model (on CPU needs a C++ compiler)")
+    dedup: bool = Field(True, description="with repeated OE rows in a batch (one OE image, or oe_size > 1 drawing "
+                        "repeats) and no augmentation, compute each distinct OE row once, weighted by its "
+                        "multiplicity in BatchNorm's statistics and the loss mean: the same training up to float "
+                        "rounding at about half the arithmetic; false trains the duplicated batch (eager only: "
+                        "with train.compile the duplicated batch is trained)")
+    cudnn_benchmark: bool = Field(True, description="GPU workers let cuDNN benchmark and pick the fastest "
+                                  "convolution algorithms (torch.backends.cudnn.benchmark); no effect on CPU")
     clip: ClipConfig = ClipConfig()
 
     @model_validator(mode="after")
@@ -259,6 +271,8 @@ class TrainConfig(_Section):
     def _clip_method(self) -> "TrainConfig":
         # train.clip.weights may stay null here (a shipped YAML cannot know the path); the driver checks the
         # file before any worker starts (oesearch.training.clip.check_clip).
+        if self.precision == "tf32" and self.compile:
+            raise ValueError(TF32_COMPILE_REFUSED)
         if self.method in CLIP_METHODS and (self.channels_last or self.compile):
             raise ValueError(f"train.method {self.method}: train.channels_last and train.compile apply to the "
                              "LeNet/WideResNet trainer only; set them to false")
@@ -395,7 +409,9 @@ class RunConfig(_Section):
         "s3://bucket/runs (runs are written on the head node and mirrored there after every generation)")
     workers: int | None = Field(None, ge=1, description="fitness workers; None: what the live nodes hold at once "
                                 "(one per CPU, or per GPU share)")
-    gpus_per_worker: float = Field(0.25, gt=0, le=1)
+    gpus_per_worker: float = Field(0.25, gt=0, le=1, description="GPU share of each fitness worker; when not "
+                                   "given and run.pack is not 1 it is 1 (one worker per GPU: a packed worker sizes "
+                                   "K from the GPU's free memory, which time-sliced neighbours would distort)")
     max_retries: int = Field(2, ge=0, description="retries of an evaluation that failed (worker or node died, "
                              "raised, NaN loss, timed out)")
     eval_timeout: float | None = Field(None, gt=0, description="seconds after which a running evaluation counts "
@@ -404,6 +420,13 @@ class RunConfig(_Section):
                                         "'auto': what each worker's free GPU memory holds (1 on CPU, where training is "
                                         "compute-bound). Above 1, float rounding depends on which jobs share a call, "
                                         "so results are reproducible only to within that")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_worker_per_gpu_when_packing(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "gpus_per_worker" not in data and data.get("pack", 1) != 1:
+            data = {**data, "gpus_per_worker": 1.0}
+        return data
 
     @field_validator("pack")
     @classmethod

@@ -38,3 +38,26 @@ def faulty_worker_class(raise_on: set[int], nan_on: set[int], hang_on: set[int],
             return super().evaluate(job, oe_images)
 
     return ray.remote(FaultyWorker)
+
+
+def oom_worker_class(max_pack: int):
+    """A worker whose packed trainings of more than ``max_pack`` jobs raise PyTorch's out-of-memory error.
+
+    Every other packed training is the real one; ``attempts()`` lists the K of every packed call it tried.
+    """
+
+    class OomWorker(FitnessWorkerBase):
+        tried: list[int]
+
+        def _train_packed(self, jobs, payloads):
+            self.__dict__.setdefault("tried", []).append(len(jobs))
+            if len(jobs) > max_pack:
+                import torch
+
+                raise torch.OutOfMemoryError(f"injected: {len(jobs)} candidates do not fit (at most {max_pack})")
+            return super()._train_packed(jobs, payloads)
+
+        def attempts(self) -> list[int]:
+            return list(self.__dict__.get("tried", []))
+
+    return OomWorker

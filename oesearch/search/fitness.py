@@ -18,7 +18,13 @@ JobKey = tuple[int, tuple[int, ...], int]  # (normal class, sorted corpus indice
 
 
 def job_key(normal_class: int, indices: Iterable[int], seed: int) -> JobKey:
-    """The cache key of one training: the order of an individual's indices does not matter."""
+    """The cache key of one training: the order of an individual's indices does not matter.
+
+    Within a run everything else a result depends on is fixed by its config (``--resume``
+    refuses another): ``train`` (``dedup`` included) and ``run.pack``.  Batches are drawn
+    on the CPU on every device, so a row's ``device`` (journaled with it) changes only
+    float rounding, as ``run.pack`` > 1 and ``train.dedup`` do.
+    """
     return (int(normal_class), tuple(sorted(int(i) for i in indices)), int(seed))
 
 

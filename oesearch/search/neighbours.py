@@ -141,9 +141,35 @@ def _build(vectors: np.ndarray, kind: str, nlist: int | None, pq_m: int) -> fais
             raise ValueError(f"pq_m={pq_m} must divide the vector dimension {d}")
         index = faiss.IndexIVFPQ(quantizer, d, nlist, pq_m, 8)
     sample = np.random.default_rng(0).choice(n, size=min(n, _TRAIN_PER_CELL * max(nlist, 256)), replace=False)
-    index.train(vectors[np.sort(sample)])
+    _train_ivf(index, vectors[np.sort(sample)], n)
     index.add(vectors)
     return index
+
+
+GPU_TRAIN_MIN = 1_000_000  # corpora of this many images or more train their IVF cells on a GPU, when one is usable
+
+
+def gpu_faiss_available() -> bool:
+    """Whether this faiss build has GPU support and sees a GPU (faiss-cpu, the default install, never does)."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def _train_ivf(index: faiss.Index, sample: np.ndarray, n: int) -> None:
+    """``index.train(sample)``; for a corpus of ``GPU_TRAIN_MIN`` or more with a GPU faiss build, the coarse
+    k-means (the part that grows with the corpus) runs on the GPU and the rest (IVF-PQ's codebooks) on the CPU.
+
+    GPU k-means rounds differently, so its cells may differ from a CPU build's; the index is built once per
+    corpus and cached, and every search on it sees the same cells.
+    """
+    if n < GPU_TRAIN_MIN or not gpu_faiss_available():
+        index.train(sample)
+        return
+    ivf = faiss.extract_index_ivf(index)
+    d = sample.shape[1]
+    clustering = faiss.Clustering(d, ivf.nlist, ivf.cp)  # the parameters IndexIVF.train would use
+    clustering.train(sample, faiss.GpuIndexFlatL2(faiss.StandardGpuResources(), d))
+    ivf.quantizer.add(faiss.vector_to_array(clustering.centroids).reshape(ivf.nlist, d))
+    index.train(sample)  # the quantizer is trained and full: only the residual codebooks (IVF-PQ) train here
 
 
 class NeighbourIndex:

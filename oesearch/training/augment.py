@@ -1,8 +1,9 @@
 """Batched, on-device augmentation and frequency filters (no PIL, no per-sample Python).
 
 Augmentations act on whole batches of pixels in [0, 1], shape (B, C, H, W),
-with every random parameter drawn from one ``torch.Generator`` on the batch's
-device, so a training's augmentations follow from its seed.  Each transform
+with every random parameter drawn from one ``torch.Generator`` (the trainers'
+is on the CPU) and then moved to the batch's device, so a training's
+augmentations follow from its seed, the same on every device.  Each transform
 matches a torchvision definition given the same parameters (tested):
 crop = ``pad`` with zeros then ``crop``; flip = ``horizontal_flip``;
 jitter = ``adjust_brightness`` then ``adjust_contrast`` (a fixed order,
@@ -55,12 +56,12 @@ class Augment:
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator, device: torch.device) -> torch.Tensor:
-    return lo + (hi - lo) * torch.rand(n, generator=gen, device=device)
+    return (lo + (hi - lo) * torch.rand(n, generator=gen, device=gen.device)).to(device)
 
 
 def crop_offsets(n: int, pad: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
     """(n, 2) top/left offsets into the padded image, each uniform in [0, 2 * pad]."""
-    return torch.randint(0, 2 * pad + 1, (n, 2), generator=gen, device=device)
+    return torch.randint(0, 2 * pad + 1, (n, 2), generator=gen, device=gen.device).to(device)
 
 
 def crop_at(x: torch.Tensor, pad: int, offsets: torch.Tensor) -> torch.Tensor:
@@ -79,7 +80,7 @@ def random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor
 
 
 def random_flip(x: torch.Tensor, gen: torch.Generator, p: float = 0.5) -> torch.Tensor:
-    flip = torch.rand(len(x), generator=gen, device=x.device) < p
+    flip = (torch.rand(len(x), generator=gen, device=gen.device) < p).to(x.device)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -110,7 +111,7 @@ def color_jitter(x: torch.Tensor, brightness: float, contrast: float, gen: torch
 
 
 def gaussian_noise(x: torch.Tensor, std: float, gen: torch.Generator) -> torch.Tensor:
-    return x + std * torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    return x + std * torch.randn(x.shape, generator=gen, device=gen.device, dtype=x.dtype).to(x.device)
 
 
 def filter_mask(kind: str, magnitude: int, height: int, width: int, device: torch.device | str = "cpu") -> torch.Tensor:

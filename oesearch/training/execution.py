@@ -9,6 +9,11 @@ eager training every earlier result came from):
   while parameters, optimiser state and the loss stay float32; ``tf32`` lets
   CUDA matmuls and cuDNN convolutions use TF32 for the training.  On CPU
   ``tf32`` changes nothing (there is no TF32 path) and so equals ``fp32``.
+  Note that ``fp32`` on CUDA keeps PyTorch's defaults: matmuls in full float32,
+  but cuDNN convolutions may already use TF32 (``torch.backends.cudnn.allow_tf32``
+  is True by default); ``tf32`` adds TF32 matmuls.  ``tf32`` with ``compile`` is
+  refused (``TrainSettings``, config): ``tf32`` writes the ``fp32_precision`` API,
+  after which inductor's reads of the legacy flags raise (pytorch#166387).
 * ``channels_last``: model weights and every input batch in NHWC memory order
   (what tensor cores and oneDNN prefer for convolutions).
 * ``compile``: ``torch.compile`` on the model (inductor; on CPU it needs a C++
@@ -24,7 +29,8 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["PRECISIONS", "check_precision", "matmul_mode", "forward_mode", "place_model", "place_input"]
+__all__ = ["PRECISIONS", "check_precision", "matmul_mode", "forward_mode", "place_model", "place_input",
+           "configure_device"]
 
 PRECISIONS = ("fp32", "bf16", "tf32")
 
@@ -60,6 +66,17 @@ def matmul_mode(precision: str, device: torch.device) -> Iterator[None]:
             matmul.fp32_precision, conv.fp32_precision = saved
     else:
         yield
+
+
+def configure_device(device: torch.device, cudnn_benchmark: bool = True) -> None:
+    """Process-wide settings of a worker that trains on ``device``: cuDNN's autotuner (``train.cudnn_benchmark``).
+
+    Every training of a worker has the same shapes (the batch, the last batch, the test
+    chunks), so cuDNN's per-shape search for the fastest convolution pays once per
+    process.  Its choice may differ between runs, which changes float rounding only.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def place_model(model: torch.nn.Module, channels_last: bool, compile: bool) -> torch.nn.Module:

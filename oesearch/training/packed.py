@@ -12,10 +12,21 @@ elementwise, so the stacked parameters carry K independent optimiser states.
 Each candidate starts from the weights :func:`seeded_model` gives its seed and
 draws its batches with :func:`balanced_batches` from its own generator: a
 packed candidate replays its unpacked training (up to float rounding).
+
+With de-duplication (``train.dedup``, :mod:`oesearch.training.dedup`) each
+candidate's OE half holds its distinct OE rows once, padded to the largest
+count among the candidates with rows of weight 0, and every BatchNorm and
+loss mean weighs candidate k's rows by candidate k's multiplicities.
+
+The test pass shares one input among the K candidates: the first grouped
+convolution becomes one ordinary convolution from C to K*c channels (the same
+per-candidate arithmetic, no K-fold copy of the input), and its chunks shrink
+as 1/K (:func:`oesearch.training.memory.scoring_chunk`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -29,15 +40,18 @@ from torch import nn
 from oesearch.models.lenet import _LEAK, LeNet
 from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.auc import roc_auc
+from oesearch.training.dedup import oe_multiplicities, weighted_batchnorm
+from oesearch.training.memory import candidate_bytes, pack_size, scoring_chunk
 from oesearch.training.objectives import packable
-from oesearch.training.trainer import PreparedTask, balanced_batches, seeded_model, setup_for
+from oesearch.training.trainer import (PreparedTask, balanced_batches, batch_generator, batch_indices, seeded_model,
+                                       setup_for, uses_dedup)
 from oesearch.training.types import Objective, TrainSettings
 
-__all__ = ["PackedLeNet", "PackedResult", "train_packed", "auto_pack", "CANDIDATE_BYTES"]
+__all__ = ["PackedLeNet", "PackedResult", "train_packed", "auto_pack", "CANDIDATE_BYTES", "candidate_bytes_for"]
 
-# Rough device bytes one CIFAR-sized candidate needs while training at batch 128+128 (activations,
-# gradients, Adam state); used only to size K from free memory on CUDA.
-CANDIDATE_BYTES = 160 * 2**20
+# Device bytes of one CIFAR-sized candidate (fp32, batch 128 + 128, no de-duplication, the test pass apart) by
+# the memory model (oesearch.training.memory.candidate_bytes), for callers that size K without a task at hand.
+CANDIDATE_BYTES = candidate_bytes((32, 32, 3), 256, 0).total
 
 
 def _stacked(tensors: Sequence[torch.Tensor | None], cat: bool = False) -> nn.Parameter | None:
@@ -87,10 +101,12 @@ class PackedLeNet(nn.Module):
         else:
             self.head_w = self.head_b = None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """(B, K*C, H, W) -> outputs; ``shared``: x is (B, C, H, W), one input seen by every candidate."""
         biases = self.conv_biases if self.conv_biases is not None else [None] * len(self.bns)
-        for weight, bias, bn in zip(self.conv_weights, biases, self.bns):
-            x = F.conv2d(x, weight, bias, padding=self.padding, groups=self.k)
+        for i, (weight, bias, bn) in enumerate(zip(self.conv_weights, biases, self.bns)):
+            # A shared input: the K candidates' first convolutions are one convolution from C to K*c channels.
+            x = F.conv2d(x, weight, bias, padding=self.padding, groups=1 if shared and i == 0 else self.k)
             x = F.max_pool2d(F.leaky_relu(bn(x), _LEAK), 2)
         b = x.shape[0]
         x = torch.einsum("bki,khi->bkh", x.reshape(b, self.k, -1), self.w1)
@@ -116,8 +132,14 @@ class PackedResult:
     seconds: float = 0.0
 
 
-def auto_pack(device: torch.device, requested: int | None = None, per_candidate: int = CANDIDATE_BYTES) -> int:
-    """K: ``requested`` if given; on CUDA what free memory holds (90%); on CPU 1.
+def auto_pack(device: torch.device, requested: int | None = None, per_candidate: int = CANDIDATE_BYTES,
+              jobs: int | None = None, reserve: int = 0) -> int:
+    """K: ``requested`` if given; on CUDA what free memory holds by the memory model; on CPU 1.
+
+    On CUDA, K is what 80% of the free memory, less ``reserve`` (the test pass), holds at ``per_candidate`` bytes each
+    (:func:`oesearch.training.memory.candidate_bytes`), capped at
+    :data:`~oesearch.training.memory.COMPUTE_CAP` (compute saturates near K = 32)
+    and at ``jobs`` when given.
 
     On CPU, training is compute-bound and packing saves no arithmetic:
     ``benchmarks/throughput.py`` measured K = 2..8 at 0.6-0.9x the evaluations
@@ -129,15 +151,62 @@ def auto_pack(device: torch.device, requested: int | None = None, per_candidate:
         return requested
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
-        return max(1, int(0.9 * free // per_candidate))
+        return pack_size(max(0, free - reserve), per_candidate, jobs)
     return 1
 
 
-def _per_candidate_loss(objective: Objective, out: torch.Tensor, is_outlier: torch.Tensor) -> torch.Tensor:
-    """(K,) mean losses from packed outputs (B, K, ...)."""
+def candidate_bytes_for(task: PreparedTask, settings: TrainSettings, head: bool, oe_rows: int = 1) -> tuple[int, int]:
+    """The memory model for ``task`` under ``settings`` (``oe_rows`` OE images): (bytes per candidate, fixed bytes).
+
+    Per candidate: its state and a training step.  Fixed: the test pass, whose chunks
+    shrink as 1/K so that its activations take the same memory whatever K.
+    """
+    b = min(settings.batch_size, task.train.shape[0])
+    rows = b + min(b, oe_rows) if settings.dedup and not settings.augment.active else 2 * b
+    size = max(4, torch.tensor([], dtype=task.dtype).element_size())  # bf16 autocast keeps float32 copies too
+    per = candidate_bytes(task.image_shape, rows, 0, dtype_bytes=size, head=head)
+    scoring = candidate_bytes(task.image_shape, 0, min(len(task.test), scoring_chunk(1)), dtype_bytes=size, head=head)
+    return per.state + per.train_step, scoring.test_pass
+
+
+def _per_candidate_loss(objective: Objective, out: torch.Tensor, is_outlier: torch.Tensor,
+                        weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(K,) mean losses from packed outputs (B, K, ...); ``weights`` (B, K): the rows' multiplicities."""
     k = out.shape[1]
     flat = out.transpose(0, 1).reshape(k * out.shape[0], *out.shape[2:])
-    return objective.loss(flat, is_outlier.repeat(k)).view(k, -1).mean(1)
+    per_row = objective.loss(flat, is_outlier.repeat(k)).view(k, -1)
+    if weights is None:
+        return per_row.mean(1)
+    w = weights.T.to(per_row.dtype)
+    return (per_row * w).sum(1) / w.sum(1)
+
+
+def _dedup_steps(task: PreparedTask, oes: Sequence[torch.Tensor], batch_size: int, gens: Sequence[torch.Generator]):
+    """Per step: (x (b+R, K, C, H, W), weights (b+R, K) or None, b) with each candidate's distinct OE rows once.
+
+    Candidate k's batch is the one :func:`balanced_batches` would draw from its
+    generator; its distinct OE rows are padded to R, the most any candidate has, with
+    copies of its first (weight 0).  A step where no candidate repeats an OE row is the
+    plain one (weights None).
+    """
+    device = task.device
+    n = task.train.shape[0]
+    for drawn in zip(*(batch_indices(n, len(oe), batch_size, g) for oe, g in zip(oes, gens))):
+        b = drawn[0][0].shape[0]
+        uniques = [oe_multiplicities(slots) for _, slots in drawn]
+        width = max(u.shape[0] for u, _ in uniques)
+        if width == b:  # nobody repeats: the duplicated batch itself, slots in drawn order
+            xs = [torch.cat([task.prepare(task.train[rows.to(device)]), oe[slots.to(device)]])
+                  for (rows, slots), oe in zip(drawn, oes)]
+            yield torch.stack(xs, dim=1), None, b
+            continue
+        xs, ws = [], []
+        for (rows, _), (unique, counts), oe in zip(drawn, uniques, oes):
+            pad = width - unique.shape[0]
+            picks = torch.cat([unique, unique[:1].expand(pad)])
+            xs.append(torch.cat([task.prepare(task.train[rows.to(device)]), oe[picks.to(device)]]))
+            ws.append(torch.cat([torch.ones(b, dtype=counts.dtype), counts, torch.zeros(pad, dtype=counts.dtype)]))
+        yield torch.stack(xs, dim=1), torch.stack(ws, dim=1).to(device), b
 
 
 def train_packed(
@@ -175,11 +244,13 @@ def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective
     if not isinstance(nets[0], LeNet):
         raise ValueError(f"the packed trainer packs LeNets only, not {type(nets[0]).__name__}; use run.pack 1")
     packed = PackedLeNet(nets).to(device, task.dtype)
+    del nets  # the packed copy holds the weights now
     model = place_model(packed, settings.channels_last, settings.compile)
     forward = forward_mode(settings.precision, device)
-    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    gens = [batch_generator(s) for s in seeds]
     oes = [task.normalise(images) for images in oe_images]
     augment = task.augmenter(settings.augment)
+    dedup = uses_dedup(settings, packed, augment is not None)
     optimiser = torch.optim.Adam(packed.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimiser, list(settings.milestones), gamma=0.1)
     steps = math.ceil(task.train.shape[0] / settings.batch_size)
@@ -189,16 +260,20 @@ def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective
     model.train()
     for _ in range(settings.epochs):
         total = torch.zeros(k, device=device, dtype=task.dtype)
-        streams = [balanced_batches(task.train, oe, settings.batch_size, g, augment, task.prepare)
-                   for oe, g in zip(oes, gens)]
-        for batches in zip(*streams):
-            b = batches[0].shape[0] // 2
-            # (2b, K, C, H, W) -> (2b, K*C, H, W): candidate k owns channel block k.
-            x = place_input(torch.stack(batches, dim=1).flatten(1, 2), settings.channels_last)
-            is_outlier = torch.arange(2 * b, device=device) >= b
-            with forward:
+        if dedup:
+            steps_of_epoch = _dedup_steps(task, oes, settings.batch_size, gens)
+        else:
+            streams = [balanced_batches(task.train, oe, settings.batch_size, g, augment, task.prepare)
+                       for oe, g in zip(oes, gens)]
+            steps_of_epoch = ((torch.stack(batches, dim=1), None, batches[0].shape[0] // 2)
+                              for batches in zip(*streams))
+        for stacked, weights, b in steps_of_epoch:
+            # (rows, K, C, H, W) -> (rows, K*C, H, W): candidate k owns channel block k.
+            x = place_input(stacked.flatten(1, 2), settings.channels_last)
+            is_outlier = torch.arange(x.shape[0], device=device) >= b
+            with forward, (weighted_batchnorm(packed, weights, b) if weights is not None else contextlib.nullcontext()):
                 out = model(x)
-            losses = _per_candidate_loss(objective, out.to(task.dtype), is_outlier)
+            losses = _per_candidate_loss(objective, out.to(task.dtype), is_outlier, weights)
             alive &= torch.isfinite(losses)
             optimiser.zero_grad(set_to_none=True)
             torch.where(alive, losses, 0.0).sum().backward()
@@ -213,7 +288,8 @@ def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective
     ok = alive.tolist()
     with forward:
         scores = _packed_scores(model, packed.k, objective, task.test,
-                                lambda px: place_input(task.prepare(px), settings.channels_last))
+                                lambda px: place_input(task.prepare(px), settings.channels_last),
+                                chunk=scoring_chunk(packed.k))
     aucs: list[float | None] = []
     failures: list[str | None] = []
     for i in range(k):
@@ -234,12 +310,15 @@ def _train_packed(task: PreparedTask, oe_images: Sequence[np.ndarray], objective
 @torch.no_grad()
 def _packed_scores(model: torch.nn.Module, k: int, objective: Objective, images: torch.Tensor, load,
                    chunk: int = 1024) -> np.ndarray:
-    """(K, m) anomaly scores in eval mode; every candidate sees the same test images (``load`` makes them input)."""
+    """(K, m) anomaly scores in eval mode; every candidate sees the same test images (``load`` makes them input).
+
+    The input is shared (``PackedLeNet.forward(x, shared=True)``): no K-fold copy of it.
+    """
     model.eval()
     parts = []
     for i in range(0, len(images), chunk):
         x = load(images[i : i + chunk])
-        out = model(x.repeat(1, k, 1, 1)).to(x.dtype)  # (b, K, ...); full precision for scoring
+        out = model(x, shared=True).to(x.dtype)  # (b, K, ...); full precision for scoring
         flat = out.transpose(0, 1).reshape(k * out.shape[0], *out.shape[2:])
         parts.append(objective.score(flat).view(k, -1))
     return torch.cat(parts, dim=1).float().cpu().numpy()

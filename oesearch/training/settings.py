@@ -43,7 +43,8 @@ def train_settings(train: TrainConfig, model: ModelConfig) -> TrainSettings:
     return TrainSettings(epochs=train.epochs, lr=train.lr, milestones=tuple(train.milestones),
                          batch_size=train.batch_size, weight_decay=train.weight_decay,
                          augment=Augment(**train.augment.model_dump()), precision=train.precision,
-                         channels_last=train.channels_last, compile=train.compile,
+                         channels_last=train.channels_last, compile=train.compile, dedup=train.dedup,
+                         cudnn_benchmark=train.cudnn_benchmark,
                          model=resolve_setup(train.method, **model.model_dump()))
 
 

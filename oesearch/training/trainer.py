@@ -5,10 +5,18 @@ OE images.  With a single OE image the OE half is that image repeated B times.
 Data lives on the device as uint8 pixels prepared once per worker
 (:class:`PreparedTask`) and is filtered and normalised per batch there; only
 the OE image(s) and a seed arrive per training.
+
+Batches are drawn from a generator on the CPU whatever the device (the indices
+then move to it), so one seed gives the same batches on CPU and GPU.  When the
+OE half repeats rows and no augmentation acts on it, each distinct OE row is
+computed once and carries its multiplicity (``train.dedup``, see
+:mod:`oesearch.training.dedup`): the same function of the weights, at about
+half the arithmetic with one OE image.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -20,13 +28,15 @@ import torch
 
 from oesearch.models import REFERENCE, ModelSetup, build_model, resolve_setup
 from oesearch.training.augment import Augment, frequency_filter
-from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.auc import roc_auc
+from oesearch.training.dedup import dedup_supported, oe_multiplicities, weighted_batchnorm
+from oesearch.training.execution import forward_mode, matmul_mode, place_input, place_model
 from oesearch.training.types import NonFiniteLossError, Objective, TrainResult, TrainSettings
 
 __all__ = [
     "TrainSettings", "PreparedTask", "TrainResult", "NonFiniteLossError", "train_and_evaluate", "to_tensor",
-    "to_pixels", "seeded_model", "setup_for", "balanced_batches", "anomaly_scores",
+    "to_pixels", "seeded_model", "setup_for", "balanced_batches", "batch_indices", "anomaly_scores",
+    "batch_generator", "uses_dedup",
 ]
 
 
@@ -136,6 +146,24 @@ def seeded_model(image_shape: tuple[int, int, int], head: bool, seed: int, devic
         return build_model(image_shape, head=head, setup=setup).to(device, dtype)
 
 
+def batch_generator(seed: int) -> torch.Generator:
+    """The generator a training draws its batches (and augmentations) from: on the CPU, on every device."""
+    return torch.Generator(device="cpu").manual_seed(seed)
+
+
+def batch_indices(n: int, n_oe: int, batch_size: int, gen: torch.Generator):
+    """One epoch's ``(normal rows, OE slots)`` per step, as CPU index tensors drawn from ``gen``.
+
+    A permutation of the ``n`` normal rows per epoch, then per step ``b`` OE slots
+    uniform over the ``n_oe`` OE images.  The generator is lazy: whatever the caller
+    draws from ``gen`` between steps (the augmentation) comes in between.
+    """
+    order = torch.randperm(n, generator=gen, device=gen.device)
+    for lo in range(0, n, batch_size):
+        rows = order[lo : lo + batch_size]
+        yield rows, torch.randint(n_oe, (rows.shape[0],), generator=gen, device=gen.device)
+
+
 def balanced_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen: torch.Generator,
                      transform: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
                      load: Callable[[torch.Tensor], torch.Tensor] | None = None,
@@ -146,24 +174,56 @@ def balanced_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen
     :meth:`PreparedTask.prepare` for uint8 pixels); None: they already are.
     ``load_oe`` does the same for the gathered rows of ``oe``.
 
-    The single definition of the sampling order: a permutation per epoch, then
-    per step the OE slots, then the augmentation's parameters.  The packed
-    trainer replays it per candidate, so a packed candidate sees exactly the
-    batches of an unpacked training.
+    The single definition of the sampling order (:func:`batch_indices`): a
+    permutation per epoch, then per step the OE slots, then the augmentation's
+    parameters.  ``gen`` may live on the CPU while the data is on a GPU (the
+    trainers' does, :func:`batch_generator`); the indices move to the data.  The
+    packed trainer replays it per candidate, so a packed candidate sees exactly
+    the batches of an unpacked training.
     """
     device = train.device
-    n = train.shape[0]
-    order = torch.randperm(n, generator=gen, device=device)
-    for lo in range(0, n, batch_size):
-        normal = train[order[lo : lo + batch_size]]
+    for rows, slots in batch_indices(train.shape[0], len(oe), batch_size, gen):
+        normal = train[rows.to(device)]
         if load is not None:
             normal = load(normal)
-        b = normal.shape[0]
-        outliers = oe[torch.randint(len(oe), (b,), generator=gen, device=device)]
+        outliers = oe[slots.to(oe.device)]
         if load_oe is not None:
             outliers = load_oe(outliers)
         x = torch.cat([normal, outliers])
         yield x if transform is None else transform(x, gen)
+
+
+def dedup_batches(train: torch.Tensor, oe: torch.Tensor, batch_size: int, gen: torch.Generator,
+                  load: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                  load_oe: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    """The batches of :func:`balanced_batches` (no augmentation) with each distinct OE row once.
+
+    Yields ``(x, weights, b)``: ``x = cat([b normal, u distinct outliers])`` and the
+    rows' multiplicities, ones for the normal half; they sum to ``2 b``.  A batch
+    without repeats is the plain one (its slots in drawn order) with weights None.  Only the
+    OE half is de-duplicated (a normal row occurs once per epoch).
+    """
+    device = train.device
+    for rows, slots in batch_indices(train.shape[0], len(oe), batch_size, gen):
+        normal = train[rows.to(device)]
+        if load is not None:
+            normal = load(normal)
+        unique, counts = oe_multiplicities(slots)
+        repeats = unique.shape[0] < slots.shape[0]
+        outliers = oe[(unique if repeats else slots).to(oe.device)]
+        if load_oe is not None:
+            outliers = load_oe(outliers)
+        weights = torch.cat([torch.ones(rows.shape[0], dtype=counts.dtype), counts]).to(device) if repeats else None
+        yield torch.cat([normal, outliers]), weights, rows.shape[0]
+
+
+def uses_dedup(settings: TrainSettings, net: torch.nn.Module, augment_active: bool) -> bool:
+    """Whether a training de-duplicates its OE rows: asked, no augmentation, eager, and exact for ``net``.
+
+    ``torch.compile`` keeps the duplicated batch: the weighted BatchNorm swaps a module's
+    forward per step, which a compiled graph would not see.
+    """
+    return settings.dedup and not augment_active and not settings.compile and dedup_supported(net)
 
 
 def train_and_evaluate(
@@ -199,7 +259,7 @@ def _train(task: PreparedTask, oe_images: np.ndarray, objective: Objective, sett
     uses_oe = getattr(objective, "uses_oe", True)
     model = place_model(net, settings.channels_last, settings.compile)
     forward = forward_mode(settings.precision, device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = batch_generator(seed)
     # A few OE images are normalised once; a large OE set (a whole corpus, up to 80MTI's 300K) stays uint8
     # on the device and is prepared per batch, a quarter of the memory. Both give bit-identical batches.
     oe_per_batch = np.asarray(oe_images).size * 4 > OE_UPFRONT_BYTES
@@ -210,22 +270,28 @@ def _train(task: PreparedTask, oe_images: np.ndarray, objective: Objective, sett
 
     epoch_losses: list[float] = []
     recorded: list[torch.Tensor] = []  # detached step losses, read once at the end (no sync per step)
+    dedup = uses_oe and uses_dedup(settings, net, augment is not None)
+    load_oe = task.prepare if oe_per_batch else None
     model.train()
     for epoch in range(settings.epochs):
         total = torch.zeros((), device=device)
         steps = 0
-        for x in balanced_batches(task.train, oe, settings.batch_size, gen, augment, task.prepare,
-                                  task.prepare if oe_per_batch else None):
-            b = x.shape[0] // 2
+        if dedup:
+            batches = dedup_batches(task.train, oe, settings.batch_size, gen, task.prepare, load_oe)
+        else:
+            batches = ((x, None, x.shape[0] // 2) for x in
+                       balanced_batches(task.train, oe, settings.batch_size, gen, augment, task.prepare, load_oe))
+        for x, weights, b in batches:
             if not uses_oe:  # unsupervised: OE reaches neither the loss nor the BatchNorm statistics
                 x = x[:b]
                 if b < 2:  # a last batch of one image has no batch statistics: training BatchNorm refuses it
                     continue
             steps += 1
             is_outlier = torch.arange(x.shape[0], device=device) >= b
-            with forward:
+            with forward, (weighted_batchnorm(net, weights, b) if weights is not None else contextlib.nullcontext()):
                 out = model(place_input(x, settings.channels_last))
-            loss = objective.loss(out.to(task.dtype), is_outlier).mean()
+            per_row = objective.loss(out.to(task.dtype), is_outlier)
+            loss = per_row.mean() if weights is None else (per_row * weights.to(per_row.dtype)).sum() / (2 * b)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

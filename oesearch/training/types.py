@@ -13,7 +13,7 @@ from typing import Protocol
 
 import torch
 
-from oesearch.config import TrainConfig, field_default
+from oesearch.config import TF32_COMPILE_REFUSED, TrainConfig, field_default
 from oesearch.models import ModelSetup
 from oesearch.training.augment import Augment
 from oesearch.training.execution import check_precision
@@ -65,9 +65,13 @@ class TrainSettings:
     channels_last: bool = field_default(TrainConfig, "channels_last")  # model and batches in NHWC memory order
     compile: bool = field_default(TrainConfig, "compile")  # torch.compile the model
     model: ModelSetup | None = None  # biases, affine BatchNorm, init; None: the objective's (setup_for)
+    dedup: bool = field_default(TrainConfig, "dedup")  # repeated OE rows once, weighted (oesearch.training.dedup)
+    cudnn_benchmark: bool = field_default(TrainConfig, "cudnn_benchmark")  # GPU: cuDNN picks its fastest kernels
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
+        if self.precision == "tf32" and self.compile:
+            raise ValueError(TF32_COMPILE_REFUSED)
 
 
 @dataclass
