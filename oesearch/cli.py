@@ -158,6 +158,7 @@ def _report(args: argparse.Namespace) -> int:
 def _benchmark(args: argparse.Namespace) -> int:
     from oesearch.experiments.benchmark import BenchDir, prepare_benchmark, run_benchmark
 
+    benchdir = None
     try:
         if args.resume:
             if args.config or args.overrides or args.out or args.seed is not None:
