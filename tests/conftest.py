@@ -74,12 +74,15 @@ def run_cli(args: list[str], cwd: Path, script: Path = RUN_PY, timeout: float = 
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(args: list[str], cwd: Path, log: Path, ray_address: str | None = "local") -> subprocess.Popen:
-    """Start the search script in a session of its own; ``ray_address=None``: no RAY_ADDRESS, as for a user."""
+def start_cli(args: list[str], cwd: Path, log: Path, ray_address: str | None = "local",
+              command: str | None = None) -> subprocess.Popen:
+    """Start the search script (or its subcommand ``command``) in a session of its own; ``ray_address=None``:
+    no RAY_ADDRESS, as for a user."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_address}
     if ray_address is None:
         env.pop("RAY_ADDRESS")
-    return subprocess.Popen([sys.executable, str(RUN_PY), "--no-progress", *args], cwd=cwd, env=env,
+    head = [command] if command else []
+    return subprocess.Popen([sys.executable, str(RUN_PY), *head, "--no-progress", *args], cwd=cwd, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 

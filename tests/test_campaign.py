@@ -1,0 +1,200 @@
+"""Campaigns on a real multi-node localhost Ray cluster: each search as if alone, a killed driver, a lost node.
+
+One campaign of four tiny searches (two classes x HSC x best and worst) runs uninterrupted through the
+command line; every other test compares its own run with that one, search by search: the journal (less
+where and how long each training ran) and the hall of fame.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import RUN_PY, kill_group, ray_address_record_restored, start_cli, tiny_config, write_config
+from test_cluster import assert_exactly_once, raylet_pid, remove_machine, running_evaluation, wait_for
+from oesearch.config import ConfigError, config_from_dict
+from oesearch.experiments.campaign import campaign_cells, check_manifest, search_config
+from oesearch.results import read_journal
+
+WHERE = {"seconds", "worker", "node", "device"}  # where and how long a training ran: the only fields that may differ
+RESUME = re.compile(r"with: (python oesearch/run.py campaign) --resume (\S+) --address local")
+
+
+def campaign_config(cache_dir: Path) -> dict:
+    raw = tiny_config(cache_dir, population=6, generations=2, hall_of_fame=2)
+    raw["train"].update(epochs=4, milestones=[3])  # trainings long enough to be caught running
+    raw["run"] = {"seed": 5, "gpus_per_worker": 1.0, "max_retries": 2}  # one worker per fake GPU
+    raw["campaign"] = {"classes": [0, 1], "methods": ["hsc"], "modes": ["best", "worst"]}
+    return raw
+
+
+def normalised(rows: list[dict]) -> list[str]:
+    return sorted(json.dumps({k: v for k, v in r.items() if k not in WHERE}, sort_keys=True) for r in rows)
+
+
+def searches_of(campaign: Path) -> dict[str, Path]:
+    manifest = json.loads((campaign / "manifest.json").read_text())
+    return {entry["id"]: campaign / entry["run_dir"] for entry in manifest["searches"]}
+
+
+def assert_same_searches(campaign: Path, reference: Path, drop: set[str] = frozenset()) -> None:
+    """Search by search: equal journals (less ``WHERE`` and ``drop``) and byte-identical halls of fame."""
+    ours, theirs = searches_of(campaign), searches_of(reference)
+    assert list(ours) == list(theirs)
+    for name, path in ours.items():
+        a = [{k: v for k, v in r.items() if k not in drop} for r in read_journal(path / "journal.jsonl")]
+        b = [{k: v for k, v in r.items() if k not in drop} for r in read_journal(theirs[name] / "journal.jsonl")]
+        assert normalised(a) == normalised(b), name
+        assert (path / "hall_of_fame.csv").read_bytes() == (theirs[name] / "hall_of_fame.csv").read_bytes(), name
+
+
+def only_campaign(parent: Path) -> Path:
+    (path,) = parent.iterdir()
+    return path
+
+
+def cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, str(RUN_PY), *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head with no CPUs and three one-'GPU' worker nodes on localhost, quick to notice a lost node."""
+    from ray.cluster_utils import Cluster
+
+    with ray_address_record_restored() as wrote:
+        cluster = Cluster(initialize_head=True, connect=False, head_node_args={
+            "num_cpus": 0, "include_dashboard": False,
+            "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
+                               "health_check_failure_threshold": 3}})
+        wrote(cluster.address)
+        workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
+        cluster.wait_for_nodes()
+        yield cluster, workers
+        cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> tuple[Path, Path]:
+    """The campaign run once through the command line, start to end: (its directory, its config file)."""
+    work = tmp_path_factory.mktemp("campaign")
+    config = write_config(work / "campaign.yaml", campaign_config(cache_dir))
+    result = cli(["campaign", "--no-progress", "--config", str(config), "--out", str(work / "runs"),
+                  "--address", cluster[0].address], cwd=work)
+    assert result.returncode == 0, result.stdout + result.stderr
+    campaign = only_campaign(work / "runs")
+    assert result.stdout.strip().splitlines()[-1] == str(campaign)
+    assert "campaign: 4 searches on 3 gpu workers" in result.stdout
+    return campaign, config
+
+
+def test_the_grid_defaults_to_table_3_and_checks_its_classes(cache_dir: Path) -> None:
+    config = config_from_dict(tiny_config(cache_dir))
+    cells = campaign_cells(config, class_count=10)
+    assert [c.id for c in cells[:4]] == ["c0-hsc-best-s7", "c0-hsc-worst-s7", "c0-bce-best-s7", "c0-bce-worst-s7"]
+    assert len(cells) == 10 * 2 * 2 and len({c.task for c in cells}) == 20, "a task per class and method"
+    one = search_config(config, cells[3])
+    assert (one.data.normal_class, one.train.method, one.search.mode, one.run.seed) == (0, "bce", "worst", 7)
+    wider = config_from_dict(tiny_config(cache_dir) | {"campaign": {"classes": [2], "seeds": [1, 2],
+                                                                     "strategies": ["evolution", "random"]}})
+    assert [c.id for c in campaign_cells(wider, 10)][:4] == ["c2-hsc-best-s1", "c2-hsc-best-s2",
+                                                             "c2-hsc-best-s1-random", "c2-hsc-best-s2-random"]
+    with pytest.raises(ConfigError, match="campaign.classes: class 10 is out of range; the normal data has 10"):
+        campaign_cells(config_from_dict(tiny_config(cache_dir) | {"campaign": {"classes": [10]}}), 10)
+    with pytest.raises(ConfigError, match="campaign.modes"):
+        config_from_dict(tiny_config(cache_dir) | {"campaign": {"modes": ["best", "best"]}})
+
+
+def test_every_search_equals_the_same_search_run_alone(uninterrupted, cluster, tmp_path: Path) -> None:
+    campaign, _ = uninterrupted
+    status = json.loads((campaign / "status.json").read_text())
+    assert status["finished"] == status["total"] == 4 and status["failed"] == 0
+    calls = [["search", "--no-progress", "--config", str(path / "config.yaml"), "--out", str(tmp_path / "alone"),
+              "--address", cluster[0].address] for path in searches_of(campaign).values()]
+    script = f"from oesearch.cli import main\nfor args in {calls!r}:\n    assert main(args) == 0, args\n"
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    alone = sorted((tmp_path / "alone").iterdir())
+    for path, single in zip(searches_of(campaign).values(), alone):
+        mine, theirs = read_journal(path / "journal.jsonl"), read_journal(single / "journal.jsonl")
+        assert len(mine) > 0 and normalised(mine) == normalised(theirs), path.name
+        assert (path / "hall_of_fame.csv").read_bytes() == (single / "hall_of_fame.csv").read_bytes(), path.name
+    for path in searches_of(campaign).values():
+        assert_exactly_once(path, campaign_config(Path("unused")))
+
+
+def test_a_killed_campaign_driver_resumes_to_the_uninterrupted_result(uninterrupted, cluster, tmp_path: Path) -> None:
+    reference, config = uninterrupted
+    out, log = tmp_path / "runs", tmp_path / "driver.log"
+    proc = start_cli(["--config", str(config), "--out", str(out), "--address", cluster[0].address], cwd=tmp_path,
+                     log=log, ray_address=None, command="campaign")
+
+    def midway() -> bool:  # a later generation has begun somewhere, and some search is not finished
+        journals = list(out.glob("*/searches/*/journal.jsonl")) if out.exists() else []
+        rows = [r for j in journals for r in read_journal(j)]
+        return any((r["generation"] or 0) >= 1 for r in rows) and len(list(out.glob("*/searches/*/summary.json"))) < 4
+
+    try:
+        wait_for(midway, 300, "a campaign midway", proc, log)
+        (driver,) = psutil.Process(proc.pid).children()
+        driver.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == 2, log.read_text()
+    finally:
+        kill_group(proc) if proc.poll() is None else None
+    campaign = only_campaign(out)
+    text = log.read_text()
+    assert "was killed by SIGKILL" in text and "the journals of" in text, text
+    command, named = RESUME.search(text).groups()
+    assert Path(named) == campaign and not all((p / "summary.json").exists() for p in searches_of(campaign).values())
+
+    resumed = cli(["campaign", "--no-progress", "--resume", str(campaign), "--address", cluster[0].address],
+                  cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_searches(campaign, reference)
+    for path in searches_of(campaign).values():
+        assert_exactly_once(path, campaign_config(Path("unused")))
+
+
+def test_a_resume_refuses_another_config_and_a_foreign_manifest(uninterrupted, tmp_path: Path) -> None:
+    campaign, config = uninterrupted
+    refused = cli(["campaign", "--resume", str(campaign), "--config", str(config)], cwd=tmp_path)
+    assert refused.returncode == 2 and "drop --config/--set/--seed" in refused.stderr
+    cells = campaign_cells(config_from_dict(campaign_config(Path("unused"))), 10)
+    check_manifest(campaign, cells)  # its own grid: accepted
+    with pytest.raises(ConfigError, match="lists searches"):
+        check_manifest(campaign, cells[:2])
+
+
+def test_a_node_lost_mid_campaign_loses_and_double_counts_nothing(uninterrupted, cluster, tmp_path: Path) -> None:
+    """Last in this module: it takes a node of the shared cluster away."""
+    reference, config = uninterrupted
+    head, workers = cluster
+    out, log = tmp_path / "runs", tmp_path / "driver.log"
+    proc = start_cli(["--config", str(config), "--out", str(out), "--address", head.address], cwd=tmp_path, log=log,
+                     ray_address=None, command="campaign")
+    try:
+        pid, _, _, _ = wait_for(lambda: running_evaluation(1, [raylet_pid(n) for n in workers]), 300,
+                                "a training after generation 0", proc, log)
+        victim = next(n for n in workers if raylet_pid(n) in {p.pid for p in psutil.Process(pid).parents()})
+        remove_machine(head, victim)
+        assert proc.wait(timeout=600) == 0, log.read_text()
+    finally:
+        kill_group(proc) if proc.poll() is None else None
+    campaign = only_campaign(out)
+    assert_same_searches(campaign, reference, drop={"attempts"})
+    rows = []
+    for path in searches_of(campaign).values():
+        rows += assert_exactly_once(path, campaign_config(Path("unused")))
+    assert any(r["attempts"] > 1 for r in rows), "the training lost with the node ran again"
+    assert len({r["node"] for r in rows}) == 3, "every node trained, the lost one before it went"
