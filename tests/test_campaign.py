@@ -19,7 +19,7 @@ import psutil
 import pytest
 
 from conftest import RUN_PY, kill_group, ray_address_record_restored, start_cli, tiny_config, write_config
-from test_cluster import assert_exactly_once, raylet_pid, remove_machine, running_evaluation, wait_for
+from test_cluster import raylet_pid, remove_machine, running_evaluation, wait_for
 from oesearch.config import ConfigError, config_from_dict
 from oesearch.experiments.campaign import campaign_cells, check_manifest, search_config
 from oesearch.results import read_journal
@@ -29,8 +29,8 @@ RESUME = re.compile(r"with: (python oesearch/run.py campaign) --resume (\S+) --a
 
 
 def campaign_config(cache_dir: Path) -> dict:
-    raw = tiny_config(cache_dir, population=6, generations=2, hall_of_fame=2)
-    raw["train"].update(epochs=4, milestones=[3])  # trainings long enough to be caught running
+    raw = tiny_config(cache_dir, population=6, generations=1, hall_of_fame=2)
+    raw["train"].update(epochs=3, milestones=[2])  # trainings long enough to be caught running
     raw["run"] = {"seed": 5, "gpus_per_worker": 1.0, "max_retries": 2}  # one worker per fake GPU
     raw["campaign"] = {"classes": [0, 1], "methods": ["hsc"], "modes": ["best", "worst"]}
     return raw
@@ -54,6 +54,17 @@ def assert_same_searches(campaign: Path, reference: Path, drop: set[str] = froze
         b = [{k: v for k, v in r.items() if k not in drop} for r in read_journal(theirs[name] / "journal.jsonl")]
         assert normalised(a) == normalised(b), name
         assert (path / "hall_of_fame.csv").read_bytes() == (theirs[name] / "hall_of_fame.csv").read_bytes(), name
+
+
+def assert_exactly_once(run_dir: Path) -> list[dict]:
+    """No training journaled twice, none failed, and every hall-of-fame entry validated."""
+    rows = read_journal(run_dir / "journal.jsonl")
+    keys = [(r["purpose"], tuple(sorted(r["indices"])), r["seed"]) for r in rows]
+    assert len(keys) == len(set(keys)), f"{run_dir.name}: an evaluation was journaled twice"
+    assert all(r["status"] == "ok" for r in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {k[1] for k in keys if k[0] == "validate"} == {tuple(sorted(t["indices"])) for t in summary["top"]}
+    return rows
 
 
 def only_campaign(parent: Path) -> Path:
@@ -131,7 +142,7 @@ def test_every_search_equals_the_same_search_run_alone(uninterrupted, cluster, t
         assert len(mine) > 0 and normalised(mine) == normalised(theirs), path.name
         assert (path / "hall_of_fame.csv").read_bytes() == (single / "hall_of_fame.csv").read_bytes(), path.name
     for path in searches_of(campaign).values():
-        assert_exactly_once(path, campaign_config(Path("unused")))
+        assert_exactly_once(path)
 
 
 def test_a_killed_campaign_driver_resumes_to_the_uninterrupted_result(uninterrupted, cluster, tmp_path: Path) -> None:
@@ -163,7 +174,7 @@ def test_a_killed_campaign_driver_resumes_to_the_uninterrupted_result(uninterrup
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert_same_searches(campaign, reference)
     for path in searches_of(campaign).values():
-        assert_exactly_once(path, campaign_config(Path("unused")))
+        assert_exactly_once(path)
 
 
 def test_a_resume_refuses_another_config_and_a_foreign_manifest(uninterrupted, tmp_path: Path) -> None:
@@ -195,6 +206,41 @@ def test_a_node_lost_mid_campaign_loses_and_double_counts_nothing(uninterrupted,
     assert_same_searches(campaign, reference, drop={"attempts"})
     rows = []
     for path in searches_of(campaign).values():
-        rows += assert_exactly_once(path, campaign_config(Path("unused")))
+        rows += assert_exactly_once(path)
     assert any(r["attempts"] > 1 for r in rows), "the training lost with the node ran again"
     assert len({r["node"] for r in rows}) == 3, "every node trained, the lost one before it went"
+
+
+def test_a_campaign_worker_holds_every_task_once_and_trains_each_as_a_single_search_worker(cache_dir: Path) -> None:
+    import pickle
+
+    import torch
+
+    from oesearch.distributed.fitness_worker import FitnessWorkerBase
+    from oesearch.experiments.campaign import prepare_campaign
+    from oesearch.search.fitness import Job
+
+    raw = campaign_config(cache_dir)
+    raw["campaign"] = {"classes": [0, 4], "methods": ["hsc", "bce"], "modes": ["worst"]}
+    plan = prepare_campaign(config_from_dict(raw), log=lambda _: None)
+    assert sorted(plan.tasks) == ["c0-bce", "c0-hsc", "c4-bce", "c4-hsc"]
+    tasks = pickle.loads(pickle.dumps(plan.tasks))  # as the object store hands them to a worker
+    assert tasks["c0-hsc"] is tasks["c0-bce"], "one object per class"
+    assert tasks["c0-hsc"].test is tasks["c4-hsc"].test, "one test set for every class"
+    threads = torch.get_num_threads()
+    try:
+        worker = FitnessWorkerBase(tasks, plan.specs)
+        assert worker.tasks["c0-hsc"].data is worker.tasks["c0-bce"].data
+        assert worker.tasks["c0-hsc"].data.test is worker.tasks["c4-hsc"].data.test
+        assert worker.tasks["c0-hsc"].data.train is not worker.tasks["c4-hsc"].data.train
+        images = plan.data["c4-bce-worst-s5"].corpus.images
+        for name in ("c4-bce", "c0-hsc"):
+            cell = next(c for c in plan.cells if c.task == name)
+            alone = FitnessWorkerBase(plan.data[cell.id].task, plan.specs[name])
+            job = Job(cell.normal_class, (17,), 3, "search", 0, 0)
+            row = worker.evaluate(Job(cell.normal_class, (17,), 3, "search", 0, 0, name), images[[17]])
+            assert row["auc"] == alone.evaluate(job, images[[17]])["auc"], name
+        with pytest.raises(KeyError, match="not 'c9-hsc'"):
+            worker.evaluate(Job(9, (17,), 3, "search", 0, 0, "c9-hsc"), images[[17]])
+    finally:
+        torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ corpus image(s), its seed and (in a campaign, where one worker serves many searc
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any, Hashable, Mapping
@@ -56,6 +57,7 @@ class _FitnessWorker(WorkerBase):
         if set(tasks) != set(specs):
             raise ValueError(f"tasks {sorted(map(str, tasks))} and worker specs {sorted(map(str, specs))} differ")
         on_device: dict[tuple[int, Any], PreparedTask] = {}
+        self._tests: dict[int, np.ndarray] = {}  # id(task) -> its test images, to share one device copy
         self.tasks = {name: self._load(tasks[name], specs[name], on_device) for name in tasks}
         self.pack = min(t.pack for t in self.tasks.values())
         self.max_pack: int | None = None  # K at most, once an out-of-memory error halved it (for the rest of the run)
@@ -68,8 +70,11 @@ class _FitnessWorker(WorkerBase):
                              f"got a {type(task).__name__}")
         key = (id(task), spec.filter)
         if key not in on_device:
-            on_device[key] = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device,
-                                                      spec.filter)
+            prepared = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
+            # A campaign's one-vs-rest tasks of one dataset pass one test array: one copy of it on the device.
+            shared = next((t.test for (i, _), t in on_device.items() if self._tests.get(i) is task.test), None)
+            on_device[key] = prepared if shared is None else dataclasses.replace(prepared, test=shared)
+            self._tests[id(task)] = task.test
         loaded = LoadedTask(on_device[key], spec.objective(getattr(task, "class_name", None)), spec.settings)
         if info.clip:  # load the model now, once per process, not inside a timed training
             clip = spec.clip or ClipSpec()

@@ -14,12 +14,15 @@ finished searches and resumes the others from their journals and checkpoints.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+import numpy as np
 
 from oesearch.config import Config, ConfigError, config_from_dict, config_to_dict
 from oesearch.data import OneVsRest, load_normal
@@ -119,7 +122,10 @@ def prepare_campaign(config: Config, log: Callable[[str], None] = print) -> Camp
     for cell in cells:
         cfg = configs[cell.id]
         if cell.normal_class not in by_class:
-            by_class[cell.normal_class] = first.task if cell.normal_class == first.task.normal_class else load_task(cfg)
+            task = first.task if cell.normal_class == first.task.normal_class else load_task(cfg)
+            if task.test.shape == first.task.test.shape and np.array_equal(task.test, first.task.test):
+                task = dataclasses.replace(task, test=first.task.test)  # one test set for every class: one copy
+            by_class[cell.normal_class] = task
         data[cell.id] = SearchData(by_class[cell.normal_class], first.corpus, first.index)
         try:
             check_against_data(cfg, data[cell.id])
