@@ -311,10 +311,12 @@ def campaign_table(frame: pd.DataFrame, grid: dict[str, Any],
 
     finished = frame[frame["status"] == "finished"] if len(frame) else frame
     pct = f"{100 * level:g}%"
+    own_levels = ", ".join(f"{100 * v:g}%" for v in levels)
     level_note = (f"{pct} Student-t confidence interval" if len(levels) <= 1 else
-                  f"Student-t confidence interval at each search's own level ({', '.join(f'{100 * v:g}%' for v in levels)})")
+                  f"Student-t confidence interval at each search's own level ({own_levels})")
     seeds_used = _count_phrase(finished.get("validated_seeds", []), "fresh seeds")
-    panel = _count_phrase(finished.get("random_panel_images", []), "random corpus images")
+    panel = _count_phrase([v for v in finished.get("random_panel_images", []) if not pd.isna(v) and v > 0],
+                          "random corpus images")
     unfinished = [r["id"] for _, r in frame.iterrows() if r["status"] != "finished"] if len(frame) else []
     notes = [
         f"Cells: the validated test AUC in % of each search's top finalist (rank 1 of its hall of fame), its mean "
@@ -401,8 +403,9 @@ def write_campaign_outputs(campaign_dir: Path) -> dict[str, Path]:
     frame = results_frame(searches)
     table, notes = campaign_table(frame, manifest.get("grid") or {}, searches)
     done = sum(s.finished for s in searches)
-    title = (f"Campaign {manifest.get('name', campaign_dir.name)}: validated test AUC in % of the top finalist per "
-             f"normal class and (method, mode), as in the paper's Table 3; {done} of {len(searches)} searches finished.")
+    title = (f"Campaign {manifest.get('name', campaign_dir.name)}: validated test AUC in % of the top finalist "
+             f"per normal class and (method, mode), as in the paper's Table 3; {done} of {len(searches)} searches "
+             "finished.")
     parquet = io.BytesIO()
     frame.to_parquet(parquet, index=False)
     contents: dict[str, bytes] = {
