@@ -229,6 +229,11 @@ def test_missing_or_corrupt_manifest_is_a_clear_error_and_leaves_the_outputs(cam
     with pytest.raises(CampaignError, match=f"{manifest}: search 0 lacks normal_class, method"):
         write_campaign_outputs(campaign)
     wrong = json.loads(good)
+    wrong["searches"][1]["seed"] = "seven"
+    manifest.write_text(json.dumps(wrong))
+    with pytest.raises(CampaignError, match=f"{manifest}: search 1 .*seed must be integers"):
+        write_campaign_outputs(campaign)
+    wrong = json.loads(good)
     wrong["searches"][0]["normal_class"] = 3  # the run directory is a class-8 search
     manifest.write_text(json.dumps(wrong))
     with pytest.raises(CampaignError, match="search 'c8-hsc-best-s7' .* has normal_class 3 but its config.yaml says 8"):
