@@ -115,17 +115,26 @@ def read_manifest(campaign_dir: str | Path) -> dict[str, Any]:
         raise CampaignError(f"{path}: not a readable JSON manifest ({err})") from err
     if not isinstance(manifest, dict) or not isinstance(manifest.get("searches"), list):
         raise CampaignError(f"{path}: a manifest is a JSON object with a list 'searches'")
-    if not isinstance(manifest.get("grid", {}), dict):
+    grid = manifest.get("grid", {})
+    if not isinstance(grid, dict) or not all(isinstance(v, list) for v in grid.values()):
         raise CampaignError(f"{path}: 'grid' must be an object of lists (classes, methods, modes, seeds, strategies)")
     seen: set[str] = set()
+    searches = []
     for i, entry in enumerate(manifest["searches"]):
         missing = [k for k in _KEYS if not isinstance(entry, dict) or k not in entry]
         if missing:
             raise CampaignError(f"{path}: search {i} lacks {', '.join(missing)}")
-        if entry["id"] in seen:
-            raise CampaignError(f"{path}: search id {entry['id']!r} appears twice")
-        seen.add(entry["id"])
-    return manifest
+        try:
+            typed = {**entry, **{k: int(entry[k]) for k in ("normal_class", "seed")},
+                     **{k: str(entry[k]) for k in ("id", "method", "mode", "strategy", "run_dir")}}
+        except (TypeError, ValueError) as err:
+            raise CampaignError(f"{path}: search {i} ({entry['id']!r}): normal_class and seed must be integers "
+                                f"({err})") from err
+        if typed["id"] in seen:
+            raise CampaignError(f"{path}: search id {typed['id']!r} appears twice")
+        seen.add(typed["id"])
+        searches.append(typed)
+    return {**manifest, "searches": searches}
 
 
 def _check_agrees(manifest_path: Path, entry: dict[str, Any], run: Run) -> None:
@@ -152,9 +161,8 @@ def load_campaign(campaign_dir: str | Path) -> tuple[dict[str, Any], list[Campai
                 raise CampaignError(f"{path}: search {entry['id']!r} of {campaign_dir / MANIFEST} cannot be "
                                     f"read ({type(err).__name__}: {err})") from err
             _check_agrees(campaign_dir / MANIFEST, entry, run)
-        search = CampaignSearch(str(entry["id"]), int(entry["normal_class"]), str(entry["method"]),
-                                str(entry["mode"]), int(entry["seed"]), str(entry["strategy"]),
-                                str(entry["run_dir"]), path, run)
+        search = CampaignSearch(entry["id"], entry["normal_class"], entry["method"], entry["mode"], entry["seed"],
+                                entry["strategy"], entry["run_dir"], path, run)
         key = (search.normal_class, *search.cell)
         if key in cells:
             raise CampaignError(f"{campaign_dir / MANIFEST}: searches {cells[key]!r} and {search.id!r} are the same "
@@ -311,10 +319,12 @@ def campaign_table(frame: pd.DataFrame, grid: dict[str, Any],
 
     finished = frame[frame["status"] == "finished"] if len(frame) else frame
     pct = f"{100 * level:g}%"
+    own_levels = ", ".join(f"{100 * v:g}%" for v in levels)
     level_note = (f"{pct} Student-t confidence interval" if len(levels) <= 1 else
-                  f"Student-t confidence interval at each search's own level ({', '.join(f'{100 * v:g}%' for v in levels)})")
+                  f"Student-t confidence interval at each search's own level ({own_levels})")
     seeds_used = _count_phrase(finished.get("validated_seeds", []), "fresh seeds")
-    panel = _count_phrase(finished.get("random_panel_images", []), "random corpus images")
+    panel = _count_phrase([v for v in finished.get("random_panel_images", []) if not pd.isna(v) and v > 0],
+                          "random corpus images")
     unfinished = [r["id"] for _, r in frame.iterrows() if r["status"] != "finished"] if len(frame) else []
     notes = [
         f"Cells: the validated test AUC in % of each search's top finalist (rank 1 of its hall of fame), its mean "
@@ -401,8 +411,9 @@ def write_campaign_outputs(campaign_dir: Path) -> dict[str, Path]:
     frame = results_frame(searches)
     table, notes = campaign_table(frame, manifest.get("grid") or {}, searches)
     done = sum(s.finished for s in searches)
-    title = (f"Campaign {manifest.get('name', campaign_dir.name)}: validated test AUC in % of the top finalist per "
-             f"normal class and (method, mode), as in the paper's Table 3; {done} of {len(searches)} searches finished.")
+    title = (f"Campaign {manifest.get('name', campaign_dir.name)}: validated test AUC in % of the top finalist "
+             f"per normal class and (method, mode), as in the paper's Table 3; {done} of {len(searches)} searches "
+             "finished.")
     parquet = io.BytesIO()
     frame.to_parquet(parquet, index=False)
     contents: dict[str, bytes] = {
