@@ -130,14 +130,24 @@ def test_every_search_equals_the_same_search_run_alone(uninterrupted, cluster, t
     campaign, _ = uninterrupted
     status = json.loads((campaign / "status.json").read_text())
     assert status["finished"] == status["total"] == 4 and status["failed"] == 0
-    calls = [["search", "--no-progress", "--config", str(path / "config.yaml"), "--out", str(tmp_path / "alone"),
-              "--address", cluster[0].address] for path in searches_of(campaign).values()]
-    script = f"from oesearch.cli import main\nfor args in {calls!r}:\n    assert main(args) == 0, args\n"
-    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert result.returncode == 0, result.stdout + result.stderr
-    alone = sorted((tmp_path / "alone").iterdir())
-    for path, single in zip(searches_of(campaign).values(), alone):
+    # Each search alone, from the config.yaml it wrote, as `oesearch search --config` runs it (less the report):
+    # four drivers at once, each with one worker of its own (how many workers a search has changes no result).
+    script = (
+        "import sys\nfrom pathlib import Path\nfrom oesearch.config import load_config\n"
+        "from oesearch.experiments.search import run_search\nfrom oesearch.results import RunDir\n"
+        "config = load_config(Path(sys.argv[2]) / 'config.yaml', [f'run.address={sys.argv[1]}', 'run.workers=1'])\n"
+        "run_search(config, RunDir.create(Path('alone'), Path(sys.argv[2]).name), log=lambda _: None, progress=False)\n")
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    drivers = [subprocess.Popen([sys.executable, "-c", script, cluster[0].address, str(path)], cwd=tmp_path, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for path in searches_of(campaign).values()]
+    for driver in drivers:
+        output, _ = driver.communicate(timeout=600)
+        assert driver.returncode == 0, output
+    alone = {p.name.split("-", 2)[2]: p for p in (tmp_path / "alone").iterdir()}  # <date>-<time>-<search id>
+    assert sorted(alone) == sorted(searches_of(campaign))
+    for path in searches_of(campaign).values():
+        single = alone[path.name]
         mine, theirs = read_journal(path / "journal.jsonl"), read_journal(single / "journal.jsonl")
         assert len(mine) > 0 and normalised(mine) == normalised(theirs), path.name
         assert (path / "hall_of_fame.csv").read_bytes() == (single / "hall_of_fame.csv").read_bytes(), path.name
@@ -187,30 +197,6 @@ def test_a_resume_refuses_another_config_and_a_foreign_manifest(uninterrupted, t
         check_manifest(campaign, cells[:2])
 
 
-def test_a_node_lost_mid_campaign_loses_and_double_counts_nothing(uninterrupted, cluster, tmp_path: Path) -> None:
-    """Last in this module: it takes a node of the shared cluster away."""
-    reference, config = uninterrupted
-    head, workers = cluster
-    out, log = tmp_path / "runs", tmp_path / "driver.log"
-    proc = start_cli(["--config", str(config), "--out", str(out), "--address", head.address], cwd=tmp_path, log=log,
-                     ray_address=None, command="campaign")
-    try:
-        pid, _, _, _ = wait_for(lambda: running_evaluation(1, [raylet_pid(n) for n in workers]), 300,
-                                "a training after generation 0", proc, log)
-        victim = next(n for n in workers if raylet_pid(n) in {p.pid for p in psutil.Process(pid).parents()})
-        remove_machine(head, victim)
-        assert proc.wait(timeout=600) == 0, log.read_text()
-    finally:
-        kill_group(proc) if proc.poll() is None else None
-    campaign = only_campaign(out)
-    assert_same_searches(campaign, reference, drop={"attempts"})
-    rows = []
-    for path in searches_of(campaign).values():
-        rows += assert_exactly_once(path)
-    assert any(r["attempts"] > 1 for r in rows), "the training lost with the node ran again"
-    assert len({r["node"] for r in rows}) == 3, "every node trained, the lost one before it went"
-
-
 def test_a_campaign_worker_holds_every_task_once_and_trains_each_as_a_single_search_worker(cache_dir: Path) -> None:
     import pickle
 
@@ -244,3 +230,36 @@ def test_a_campaign_worker_holds_every_task_once_and_trains_each_as_a_single_sea
             worker.evaluate(Job(9, (17,), 3, "search", 0, 0, "c9-hsc"), images[[17]])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_the_analysis_reads_a_campaign_as_its_searches(uninterrupted) -> None:
+    from oesearch.analysis import find_runs
+
+    campaign, _ = uninterrupted
+    searches = sorted(searches_of(campaign).values())
+    assert find_runs([campaign]) == searches
+    assert find_runs(root=campaign.parent) == searches, "under runs/: the searches, not the campaign directory"
+
+
+def test_a_node_lost_mid_campaign_loses_and_double_counts_nothing(uninterrupted, cluster, tmp_path: Path) -> None:
+    """Last in this module: it takes a node of the shared cluster away."""
+    reference, config = uninterrupted
+    head, workers = cluster
+    out, log = tmp_path / "runs", tmp_path / "driver.log"
+    proc = start_cli(["--config", str(config), "--out", str(out), "--address", head.address], cwd=tmp_path, log=log,
+                     ray_address=None, command="campaign")
+    try:
+        pid, _, _, _ = wait_for(lambda: running_evaluation(1, [raylet_pid(n) for n in workers]), 300,
+                                "a training after generation 0", proc, log)
+        victim = next(n for n in workers if raylet_pid(n) in {p.pid for p in psutil.Process(pid).parents()})
+        remove_machine(head, victim)
+        assert proc.wait(timeout=600) == 0, log.read_text()
+    finally:
+        kill_group(proc) if proc.poll() is None else None
+    campaign = only_campaign(out)
+    assert_same_searches(campaign, reference, drop={"attempts"})
+    rows = []
+    for path in searches_of(campaign).values():
+        rows += assert_exactly_once(path)
+    assert any(r["attempts"] > 1 for r in rows), "the training lost with the node ran again"
+    assert len({r["node"] for r in rows}) == 3, "every node trained, the lost one before it went"
