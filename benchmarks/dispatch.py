@@ -61,7 +61,8 @@ from oesearch.distributed.scheduler import simulate_campaign  # noqa: E402
 from oesearch.search.fitness import Job  # noqa: E402
 
 
-REAL_CAMPAIGN_GENERATIONS = 1  # --campaign: generations after generation 0 (40 x 204 trainings: 9.5 min here at 32 workers)
+# --campaign: generations after generation 0 (40 x 204 trainings: 9.5 min on the 2-core VM at 32 workers)
+REAL_CAMPAIGN_GENERATIONS = 1
 SIMULATED_GENERATIONS = 50  # --campaign --simulate: the paper's budget
 
 
@@ -289,7 +290,8 @@ def main() -> None:
     p.add_argument("--repetitions", type=int, default=2, help="trainings per individual (paper: 2)")
     p.add_argument("--generations", type=int,
                    help="generations after generation 0 (default: 3 for one search, "
-                        f"{REAL_CAMPAIGN_GENERATIONS} for --campaign, {SIMULATED_GENERATIONS} for --campaign --simulate)")
+                        f"{REAL_CAMPAIGN_GENERATIONS} for --campaign, "
+                        f"{SIMULATED_GENERATIONS} for --campaign --simulate)")
     p.add_argument("--changed", type=float, default=0.6,
                    help="share of individuals re-evaluated per generation (mutation 0.55 + mating 0.05)")
     p.add_argument("--nodes", type=int, help="simulated worker nodes (default: N/4, at least 2)")
