@@ -29,7 +29,8 @@ share a task (as best and worst of one class and method do); with K = 1 that cha
 nothing.  Wall runs from the start of the searches (workers already started) to the
 last row.  It also prints, for the same settings, the discrete-event simulation of
 the same queue with no dispatch overhead (:func:`~oesearch.distributed.scheduler.simulate_campaign`,
-its own seeded durations) and one search's barrier bound on the same N workers.
+which draws the very same durations: each search's generator seeded by (``--seed``, search index)) and one
+search's barrier bound on the same N workers.
 
 ``--campaign --simulate`` runs only that simulation (no cluster), by default for
 paper-sized searches: 64 x 2 seeds in generation 0, then 76 trainings for 50 generations.

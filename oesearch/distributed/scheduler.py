@@ -135,6 +135,8 @@ class FairQueue:
                 raise RuntimeError(f"search {name!r} is closed")
             if search.outstanding:
                 raise RuntimeError(f"search {name!r} added a batch before its last one finished")
+            if len({id(job) for job in jobs}) != len(jobs):  # its rows are counted by job: each once
+                raise ValueError(f"search {name!r} added one job object twice in a batch")
             if not jobs:
                 on_done()
                 return
@@ -239,16 +241,16 @@ class _SimJob:
 
 
 def simulate_campaign(workers: int, generations: Sequence[Sequence[int]], mean_seconds: float, cv: float,
-                      seed: int, in_flight: int = 1) -> CampaignSimulation:
+                      seed: int) -> CampaignSimulation:
     """A discrete-event run of :class:`FairQueue` over ``workers`` workers with no dispatch overhead.
 
     ``generations[s]`` lists search ``s``'s trainings per generation; a generation is a barrier (the
     next one is added when its last row arrives, as a search does).  Each training lasts a gamma-
-    distributed time of mean ``mean_seconds`` and coefficient of variation ``cv``, drawn when it is
-    added, so the durations do not depend on the schedule.  The queue, its fairness rule and its
+    distributed time of mean ``mean_seconds`` and coefficient of variation ``cv``, drawn from its search's
+    own generator (seeded by ``seed`` and the search's position), so no duration depends on the schedule.  The queue, its fairness rule and its
     batch bookkeeping are the ones the dispatcher uses; only the clock is simulated.
     """
-    rng = np.random.default_rng(seed)
+    rngs = [np.random.default_rng([seed, s]) for s in range(len(generations))]  # each search its own draws
     shape = 1.0 / cv**2 if cv > 0 else None
     queue = FairQueue()
     names = [f"s{i}" for i in range(len(generations))]
@@ -263,7 +265,7 @@ def simulate_campaign(workers: int, generations: Sequence[Sequence[int]], mean_s
             return
         next_generation[s] += 1
         n = int(generations[s][g])
-        seconds = (rng.gamma(shape, mean_seconds / shape, n) if shape else np.full(n, mean_seconds))
+        seconds = (rngs[s].gamma(shape, mean_seconds / shape, n) if shape else np.full(n, mean_seconds))
         jobs = [_SimJob(s, float(t)) for t in seconds]
         queue.add(names[s], jobs, on_row=lambda row: None, on_done=lambda: add_generation(s))
 
