@@ -443,6 +443,16 @@ BenchmarkMethod = Method
 _TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k != "method")
 
 
+def _class_list(value: str | tuple[int, ...]) -> str | tuple[int, ...]:
+    """``all``, or distinct non-negative class indices (benchmark.classes, campaign.classes)."""
+    if value != "all":
+        if not value:
+            raise ValueError("classes must be 'all' or a non-empty list of class indices")
+        if any(c < 0 for c in value) or len(set(value)) != len(value):
+            raise ValueError("classes must be distinct non-negative class indices")
+    return value
+
+
 class BenchmarkConfig(_Section):
     """Classes x methods x OE sizes x seeds, one training and test AUC per cell (``oesearch benchmark``).
 
@@ -472,12 +482,7 @@ class BenchmarkConfig(_Section):
     @field_validator("classes")
     @classmethod
     def _classes(cls, value: str | tuple[int, ...]) -> str | tuple[int, ...]:
-        if value != "all":
-            if not value:
-                raise ValueError("classes must be 'all' or a non-empty list of class indices")
-            if any(c < 0 for c in value) or len(set(value)) != len(value):
-                raise ValueError("classes must be distinct non-negative class indices")
-        return value
+        return _class_list(value)
 
     @field_validator("methods")
     @classmethod
@@ -535,12 +540,7 @@ class CampaignConfig(_Section):
     @field_validator("classes")
     @classmethod
     def _classes(cls, value: str | tuple[int, ...]) -> str | tuple[int, ...]:
-        if value != "all":
-            if not value:
-                raise ValueError("classes must be 'all' or a non-empty list of class indices")
-            if any(c < 0 for c in value) or len(set(value)) != len(value):
-                raise ValueError("classes must be distinct non-negative class indices")
-        return value
+        return _class_list(value)
 
     @field_validator("methods", "modes", "strategies", "seeds")
     @classmethod

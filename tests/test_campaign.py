@@ -18,8 +18,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import RUN_PY, kill_group, ray_address_record_restored, start_cli, tiny_config, write_config
-from test_cluster import raylet_pid, remove_machine, running_evaluation, wait_for
+from conftest import RUN_PY, kill_group, start_cli, tiny_config, write_config
+from test_cluster import gpu_node_cluster, raylet_pid, remove_machine, running_evaluation, wait_for
 from oesearch.config import ConfigError, config_from_dict
 from oesearch.experiments.campaign import campaign_cells, check_manifest, search_config
 from oesearch.results import read_journal
@@ -80,19 +80,9 @@ def cli(args: list[str], cwd: Path, timeout: float = 600) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head with no CPUs and three one-'GPU' worker nodes on localhost, quick to notice a lost node."""
-    from ray.cluster_utils import Cluster
-
-    with ray_address_record_restored() as wrote:
-        cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-            "num_cpus": 0, "include_dashboard": False,
-            "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                               "health_check_failure_threshold": 3}})
-        wrote(cluster.address)
-        workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
-        cluster.wait_for_nodes()
-        yield cluster, workers
-        cluster.shutdown()
+    """A head with no CPUs and three one-'GPU' worker nodes on localhost, shared by this module's campaigns."""
+    with gpu_node_cluster(3) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")
