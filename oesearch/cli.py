@@ -24,8 +24,8 @@ from oesearch.supervisor import supervise, supervised, tell_supervisor
 
 __all__ = ["COMMANDS", "build_parser", "resolve_config", "main", "evaluate_main", "signal_main", "report_main"]
 
-COMMANDS = ("search", "benchmark", "evaluate", "signal", "report")
-_SUPERVISED_COMMANDS = ("search", "evaluate", "signal")  # run in a child process whose death is explained
+COMMANDS = ("search", "campaign", "benchmark", "evaluate", "signal", "report")
+_SUPERVISED_COMMANDS = ("search", "campaign", "evaluate", "signal")  # run in a child process whose death is explained
 
 
 def _expected() -> tuple[type[BaseException], ...]:
@@ -91,6 +91,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evolution (the paper's), the random-search baseline, or aging (regularized evolution)")
     search.add_argument("--resume", metavar="RUN_DIR", help="continue a killed run from its journal and checkpoint")
     search.set_defaults(handler=_search)
+
+    camp = sub.add_parser("campaign", parents=[run], help="a grid of searches on one worker pool (a whole Table 3)",
+                          description="Run every search of the config's `campaign` grid (normal classes x methods x "
+                          "modes, x strategies and seeds; by default the whole Table 3 grid: every class, HSC and "
+                          "BCE, best and worst) from one driver on one pool of workers, whose trainings interleave "
+                          "so that no search's generation barrier idles the pool. Each search writes the run "
+                          "directory `oesearch search` would, under CAMPAIGN_DIR/searches/; the campaign directory "
+                          "adds manifest.json, status.json, the combined table (table.md, table.csv), "
+                          "results.parquet and report.html. The last line printed is its path.")
+    camp.add_argument("--resume", metavar="CAMPAIGN_DIR",
+                      help="continue a killed campaign: finished searches are skipped, the others resume")
+    camp.set_defaults(handler=_campaign, method=None, mode=None, strategy=None)
 
     bench = sub.add_parser("benchmark", parents=[run], help="a benchmark table: classes x methods x OE sizes x seeds",
                            description="Run a benchmark: every class x method x OE size x seed of the config's "
@@ -336,6 +348,48 @@ def _search(args: argparse.Namespace) -> int:
         print(f"error: {_write_failed(err, rundir)}", file=sys.stderr)
         return 2
     print(rundir.path)
+    return 0
+
+
+def _campaign(args: argparse.Namespace) -> int:
+    """``oesearch campaign``: every search of the grid on one pool, then the combined table and report."""
+    from oesearch.analysis.campaign import write_campaign_outputs
+    from oesearch.analysis.html_report import write_report
+    from oesearch.distributed.cluster import connect
+    from oesearch.experiments.campaign import CAMPAIGN_COMMAND, check_manifest, prepare_campaign, run_campaign
+    from oesearch.results import RunDir
+
+    campaign = None
+    try:
+        if args.resume:
+            campaign = RunDir.existing(Path(args.resume))
+            if args.config or args.overrides or args.seed is not None:
+                raise ConfigError("--resume continues a campaign with its own saved config; drop --config/--set/--seed")
+            config = _resumed_config(campaign, args)
+        else:
+            config = resolve_config(args)
+        plan = prepare_campaign(config)  # bad data or values fail here, before a directory exists
+        if campaign is None:
+            campaign = new_rundir(config, f"campaign-{config.name}")
+        else:
+            check_manifest(campaign.path, plan.cells)
+        tell_supervisor(campaign, connect(config.run.address, print), CAMPAIGN_COMMAND)
+        states = run_campaign(config, campaign, plan, report=lambda path: write_report([path]),
+                              outputs=write_campaign_outputs)
+    except _expected() as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # a write failed mid-run: disk full, file system gone read-only...
+        print(f"error: {_write_failed(err, campaign, CAMPAIGN_COMMAND)}", file=sys.stderr)
+        return 2
+    failed = [name for name, state in states.items() if state != "finished"]
+    if failed:
+        print(f"error: {len(failed)} of {len(states)} searches did not finish ({', '.join(failed)}); "
+              f"{campaign.file('status.json')} says why. Fix the cause, then: {CAMPAIGN_COMMAND} --resume "
+              f"{campaign.path}", file=sys.stderr)
+        print(campaign.path)
+        return 1
+    print(campaign.path)
     return 0
 
 

@@ -443,6 +443,16 @@ BenchmarkMethod = Method
 _TRAIN_KEYS = tuple(k for k in TrainConfig.model_fields if k != "method")
 
 
+def _class_list(value: str | tuple[int, ...]) -> str | tuple[int, ...]:
+    """``all``, or distinct non-negative class indices (benchmark.classes, campaign.classes)."""
+    if value != "all":
+        if not value:
+            raise ValueError("classes must be 'all' or a non-empty list of class indices")
+        if any(c < 0 for c in value) or len(set(value)) != len(value):
+            raise ValueError("classes must be distinct non-negative class indices")
+    return value
+
+
 class BenchmarkConfig(_Section):
     """Classes x methods x OE sizes x seeds, one training and test AUC per cell (``oesearch benchmark``).
 
@@ -472,12 +482,7 @@ class BenchmarkConfig(_Section):
     @field_validator("classes")
     @classmethod
     def _classes(cls, value: str | tuple[int, ...]) -> str | tuple[int, ...]:
-        if value != "all":
-            if not value:
-                raise ValueError("classes must be 'all' or a non-empty list of class indices")
-            if any(c < 0 for c in value) or len(set(value)) != len(value):
-                raise ValueError("classes must be distinct non-negative class indices")
-        return value
+        return _class_list(value)
 
     @field_validator("methods")
     @classmethod
@@ -514,6 +519,37 @@ class BenchmarkConfig(_Section):
         return value
 
 
+class CampaignConfig(_Section):
+    """The grid of searches ``oesearch campaign`` runs on one worker pool: classes x methods x modes (x strategies
+    x seeds).
+
+    The default is the whole grid of the paper's Table 3 for the experiment: every normal class, HSC and BCE,
+    best and worst, with the config's ``search.strategy`` and ``run.seed``.  Every other setting is the
+    config's, shared by all its searches.
+    """
+
+    classes: Literal["all"] | tuple[int, ...] = Field("all", description="the normal classes, or all")
+    methods: tuple[Method, ...] = Field(("hsc", "bce"), min_length=1,  # type: ignore[valid-type]
+                                        description="train.method of the searches")
+    modes: tuple[Literal["best", "worst"], ...] = Field(("best", "worst"), min_length=1,
+                                                        description="search.mode of the searches")
+    strategies: tuple[Literal["evolution", "random", "aging"], ...] | None = Field(
+        None, description="search.strategy of the searches (default: the config's search.strategy)")
+    seeds: tuple[int, ...] | None = Field(None, description="run.seed of the searches (default: the config's run.seed)")
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, value: str | tuple[int, ...]) -> str | tuple[int, ...]:
+        return _class_list(value)
+
+    @field_validator("methods", "modes", "strategies", "seeds")
+    @classmethod
+    def _distinct(cls, value: tuple | None) -> tuple | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError("must be a non-empty list without repeats")
+        return value
+
+
 class Config(_Section):
     name: str = "embedded"
     data: DataConfig = DataConfig()
@@ -522,6 +558,7 @@ class Config(_Section):
     search: SearchConfig = SearchConfig()
     run: RunConfig = RunConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
+    campaign: CampaignConfig = CampaignConfig()
 
     @model_validator(mode="after")
     def _packable_method(self) -> "Config":

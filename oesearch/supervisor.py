@@ -25,10 +25,11 @@ def supervised() -> bool:
     return _SUPERVISED in os.environ
 
 
-def tell_supervisor(rundir, cluster) -> None:
+def tell_supervisor(rundir, cluster, command: str = "python oesearch/run.py") -> None:
+    """Tell the supervising process which run directory this driver writes, where, and how it resumes."""
     status = os.environ.get(_SUPERVISED)
     if status:
-        Path(status).write_text(json.dumps({"run_dir": str(rundir.path),
+        Path(status).write_text(json.dumps({"run_dir": str(rundir.path), "command": command,
                                             "where": cluster.where() if cluster else "the Ray cluster"}))
 
 
@@ -66,14 +67,21 @@ def supervise(argv: list[str]) -> int:
     from oesearch.results import read_journal
 
     run_dir = Path(info["run_dir"])
-    rows = read_journal(run_dir / "journal.jsonl")
+    journals = [run_dir / "journal.jsonl"] if (run_dir / "journal.jsonl").exists() else \
+        sorted(run_dir.glob("searches/*/journal.jsonl"))  # a campaign's searches
+    rows = [row for journal in journals for row in read_journal(journal)]
     cause = ("Ray ends a driver this way when the cluster it joined shuts down or loses its head node"
              if rc == 1 else "a kill from outside, such as the out-of-memory killer, does this")
     print(f"error: the search's driver process {how} while running on {info['where']} ({cause}). Nothing finished "
-          f"is lost: {len(rows)} evaluations are in {run_dir / 'journal.jsonl'}. Continue it on a private Ray "
-          f"instance on this machine with: python oesearch/run.py --resume {run_dir} --address local "
+          f"is lost: {len(rows)} evaluations are in {_where(run_dir, journals)}. Continue it on a private Ray "
+          f"instance on this machine with: {info.get('command', 'python oesearch/run.py')} --resume {run_dir} "
+          "--address local "
           "(or give --address of a live cluster instead of local).", file=sys.stderr)
     return 2
+
+
+def _where(run_dir: Path, journals: list[Path]) -> str:
+    return str(run_dir / "journal.jsonl") if len(journals) <= 1 else f"the journals of {run_dir / 'searches'}"
 
 
 def _die_with_parent() -> None:

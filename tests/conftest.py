@@ -74,12 +74,15 @@ def run_cli(args: list[str], cwd: Path, script: Path = RUN_PY, timeout: float = 
                           capture_output=True, text=True, timeout=timeout)
 
 
-def start_cli(args: list[str], cwd: Path, log: Path, ray_address: str | None = "local") -> subprocess.Popen:
-    """Start the search script in a session of its own; ``ray_address=None``: no RAY_ADDRESS, as for a user."""
+def start_cli(args: list[str], cwd: Path, log: Path, ray_address: str | None = "local",
+              command: str | None = None) -> subprocess.Popen:
+    """Start the search script (or its subcommand ``command``) in a session of its own; ``ray_address=None``:
+    no RAY_ADDRESS, as for a user."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": ray_address}
     if ray_address is None:
         env.pop("RAY_ADDRESS")
-    return subprocess.Popen([sys.executable, str(RUN_PY), "--no-progress", *args], cwd=cwd, env=env,
+    head = [command] if command else []
+    return subprocess.Popen([sys.executable, str(RUN_PY), *head, "--no-progress", *args], cwd=cwd, env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -140,7 +143,9 @@ def analysis_runs(tmp_path_factory: pytest.TempPathFactory, cache_dir: Path) -> 
     config = write_config(work / "tiny.yaml", tiny_config(cache_dir))
     calls = [["--no-progress", "--config", str(config), "--out", str(work / "runs"),
               "--method", method, "--mode", mode, "--strategy", strategy] for method, mode, strategy in ANALYSIS_RUNS]
-    script = f"from oesearch.cli import main\nfor args in {calls!r}:\n    assert main(args) == 0, args\n"
+    # One private Ray instance for all five (each command would start and stop one of its own).
+    script = ("import ray\nfrom oesearch.cli import main\nray.init(address='local', num_cpus=2, include_dashboard=False)\n"
+              f"for args in {calls!r}:\n    assert main(args) == 0, args\n")
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_ADDRESS": "local"}
     result = subprocess.run([sys.executable, "-c", script], cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

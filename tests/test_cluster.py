@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from pathlib import Path
@@ -99,9 +100,10 @@ def test_killed_worker_process_is_retried_and_counted_once(tmp_path: Path, cache
     assert sum(r["attempts"] > 1 for r in rows) == 1, "jobs queued behind it were resubmitted without a charge"
 
 
-@pytest.fixture
-def three_gpu_nodes():
-    """A head node with no CPUs (like cluster.yaml's) and three one-'GPU' worker nodes, all on localhost.
+@contextlib.contextmanager
+def gpu_node_cluster(nodes: int = 3):
+    """A head node with no CPUs (like cluster.yaml's) and ``nodes`` one-'GPU' worker nodes, all on localhost,
+    quick to notice a lost node.
 
     The GPUs are a custom count of Ray's GPU resource: the workers train on
     CPU, but the search sizes and places them as GPU workers.
@@ -114,10 +116,18 @@ def three_gpu_nodes():
             "_system_config": {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
                                "health_check_failure_threshold": 3}})
         wrote(cluster.address)
-        workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(3)]
+        workers = [cluster.add_node(num_cpus=1, num_gpus=1) for _ in range(nodes)]
         cluster.wait_for_nodes()
-        yield cluster, workers
-        cluster.shutdown()
+        try:
+            yield cluster, workers
+        finally:
+            cluster.shutdown()
+
+
+@pytest.fixture
+def three_gpu_nodes():
+    with gpu_node_cluster(3) as made:
+        yield made
 
 
 def node_running(pid: int, nodes) -> object:

@@ -140,3 +140,68 @@ def test_a_search_with_run_pack_trains_its_jobs_packed(local_ray, tmp_path, cach
     assert len(gen0) == 8  # 4 individuals x 2 seeds, each journaled once
     # One worker, K = 4: generation 0 is two packed calls, whose rows share the call's time per job.
     assert max(Counter(r["seconds"] for r in gen0).values()) >= 4
+
+
+@ray.remote
+class TaskRecorder:
+    """Packs 4; each row says which tasks its call held."""
+
+    def ready(self) -> dict:
+        return {"pack": 4}
+
+    def evaluate(self, job: Job) -> dict:
+        return job.row(auc=0.5, status="ok", reason=None, seconds=0.0, call=[(job.task, job.normal_class)])
+
+    def evaluate_batch(self, jobs: list[Job], payloads: list[tuple]) -> list[dict]:
+        call = [(j.task, j.normal_class) for j in jobs]
+        return [job.row(auc=0.5, status="ok", reason=None, seconds=0.0, call=call) for job in jobs]
+
+
+def test_a_shared_pool_packs_jobs_of_one_task_across_searches(local_ray) -> None:
+    """Searches a and b share task t1, c has t2: a packed call holds one task, and a's and b's jobs share calls."""
+    from oesearch.distributed.pool import SharedPool
+
+    dispatcher = Dispatcher(TaskRecorder, (), lambda job: (), 1, {"num_cpus": 0}, name="tasks", pack=None)
+    pool = SharedPool(dispatcher, "cpu", "test")
+    rows: dict[str, list[dict]] = {"a": [], "b": [], "c": []}
+    task = {"a": "t1", "b": "t1", "c": "t2"}
+    owner = {"a": 0, "b": 1, "c": 2}  # the normal class tells the searches' jobs apart
+
+    def search(name: str):
+        def body() -> int:
+            run_jobs = pool.run_jobs_for(name)
+            for generation in range(2):  # two barriers each
+                run_jobs([Job(owner[name], (i,), generation, "search", generation, i, task[name]) for i in range(6)],
+                         rows[name].append)
+            return len(rows[name])
+        return body
+
+    assert pool.run({name: search(name) for name in rows}) == {"a": 12, "b": 12, "c": 12}
+    dispatcher.shutdown()
+    for name, got in rows.items():
+        assert sorted((r["generation"], r["indices"][0]) for r in got) == [(g, i) for g in range(2) for i in range(6)]
+        assert all({t for t, _ in r["call"]} == {task[name]} for r in got), "a call holds jobs of one task"
+    assert max(len(r["call"]) for r in rows["a"] + rows["b"]) == 4
+    assert any({c for _, c in r["call"]} == {0, 1} for r in rows["a"]), "a and b, of one task, shared a call"
+
+
+def test_a_search_that_raises_stops_alone_and_the_others_finish(local_ray) -> None:
+    from oesearch.distributed.pool import SharedPool
+
+    dispatcher = Dispatcher(Echo, (), lambda job: (), 2, {"num_cpus": 0}, name="raises")
+    pool = SharedPool(dispatcher, "cpu", "test")
+
+    def good() -> int:
+        seen: list[dict] = []
+        for generation in range(3):
+            pool.run_jobs_for("good")([Job(0, (i,), 1, "search", generation, i) for i in range(5)], seen.append)
+        return len(seen)
+
+    def bad() -> None:
+        pool.run_jobs_for("bad")([Job(0, (9,), 1, "search", 0, 0)], lambda row: None)
+        raise ValueError("this search's own bug")
+
+    results = pool.run({"good": good, "bad": bad})
+    dispatcher.shutdown()
+    assert results["good"] == 15
+    assert isinstance(results["bad"], ValueError) and str(results["bad"]) == "this search's own bug"

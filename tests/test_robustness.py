@@ -136,6 +136,9 @@ def test_a_full_disk_stops_with_a_message_and_loses_nothing(full_disk, tmp_path:
     assert all(r["status"] == "ok" for r in rows)
 
     # What was written is enough to go on: on a disk with room, the resume completes the run exactly once.
+    # How the disk filled does not reach the resume, so one variant checks it.
+    if how != "injected":
+        return
     roomy = tmp_path / "roomy" / run_dir.name
     shutil.copytree(run_dir, roomy)
     resumed = run_cli(["--resume", str(roomy)], cwd=tmp_path, timeout=600)

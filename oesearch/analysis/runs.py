@@ -208,7 +208,10 @@ def find_runs(spec: str | Sequence[str | Path] | None = None, root: str | Path |
         for entry in map(Path, spec):
             if not entry.is_dir():
                 raise FileNotFoundError(f"{entry}: no such run directory or folder of runs")
-            found += [entry] if (entry / "config.yaml").is_file() else _runs_under(entry)
+            if (entry / "manifest.json").is_file():  # a campaign: its searches
+                found += sorted(q.parent for q in (entry / "searches").glob("*/config.yaml"))
+            else:
+                found += [entry] if (entry / "config.yaml").is_file() else _runs_under(entry)
     else:
         if root is None:
             root = next((p for p in (Path("runs"), Path("../runs")) if p.is_dir()), Path("runs"))
@@ -225,9 +228,15 @@ def find_runs(spec: str | Sequence[str | Path] | None = None, root: str | Path |
 
 def _runs_under(folder: Path) -> list[Path]:
     """Search run directories in ``folder``; benchmark directories (``<date>-<time>-benchmark-<name>``,
-    written by ``oesearch benchmark`` into the same ``runs/``) are not searches and are skipped."""
-    return sorted(p.parent for p in Path(folder).expanduser().glob("*/config.yaml")
-                  if not _BENCHMARK_DIR.match(p.parent.name))
+    written by ``oesearch benchmark`` into the same ``runs/``) are not searches and are skipped, and a
+    campaign directory (it has ``manifest.json``) stands for its searches (``searches/<id>``)."""
+    found = []
+    for p in Path(folder).expanduser().glob("*/config.yaml"):
+        if (p.parent / "manifest.json").is_file():
+            found += [q.parent for q in (p.parent / "searches").glob("*/config.yaml")]
+        elif not _BENCHMARK_DIR.match(p.parent.name):
+            found.append(p.parent)
+    return sorted(found)
 
 
 _BENCHMARK_DIR = re.compile(r"^\d{8}-\d{6}-benchmark-")

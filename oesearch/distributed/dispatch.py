@@ -38,12 +38,15 @@ from typing import Any, Callable, Iterable, Optional, Protocol
 import ray
 from ray.exceptions import RayActorError, RayError, RayTaskError
 
+from oesearch.distributed.scheduler import FifoQueue, JobQueue
+
 __all__ = ["DispatchJob", "Dispatcher", "WorkersLost", "plan_workers"]
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT_PER_WORKER = 2  # one running, one queued: no idle gap between jobs
 _STALL_LOG_SECONDS = 60.0  # how often to say so while no worker is ready (e.g. the autoscaler is adding nodes)
+_POLL_SECONDS = 0.02  # while a campaign's searches may add jobs: how soon a free worker sees them
 
 
 def plan_workers(workers: int | None, gpus_per_worker: float, wait_seconds: float = 900.0,
@@ -200,11 +203,19 @@ class Dispatcher:
     # --- the loop ----------------------------------------------------------------------------
     def run(self, jobs: Iterable[DispatchJob], on_row: Callable[[dict[str, Any]], None]) -> None:
         """Evaluate ``jobs``, calling ``on_row`` once per job as soon as its final row exists."""
-        pending: deque[tuple[DispatchJob, int]] = deque((job, 0) for job in jobs)
+        self.serve(FifoQueue(jobs, on_row))
+
+    def serve(self, queue: JobQueue) -> None:
+        """Run ``queue``'s jobs until it is empty and closed; each final row goes to ``queue.finished``.
+
+        While the queue is open (a campaign's searches are still adding generations), a free worker
+        takes new jobs within :data:`_POLL_SECONDS` of their arrival.
+        """
+        pending = queue
         flights: dict[ray.ObjectRef, _Flight] = {}
         last_progress = time.monotonic()
 
-        def submit() -> None:
+        def submit() -> bool:
             usable = [i for i, s in enumerate(self.slots) if s.usable]
             i = min(usable, key=lambda i: len(self.slots[i].queue))
             slot = self.slots[i]
@@ -212,45 +223,49 @@ class Dispatcher:
             if k > 1:  # in a generation's tail, spread the rest over the idle workers
                 idle = sum(1 for j in usable if not self.slots[j].queue) or len(usable)
                 k = min(k, len(pending), max(1, math.ceil(len(pending) / idle)))
-            if k == 1:
-                job, attempt = pending.popleft()
+            batch = pending.take(k)
+            if not batch:  # another thread's search closed and dropped its jobs
+                return False
+            if len(batch) == 1:
+                job, attempt = batch[0]
                 ref = slot.actor.evaluate.options(name=job.name).remote(job, *self.payload(job))
                 flight = _Flight(job, attempt, ref, i)
             else:
-                batch = [pending.popleft() for _ in range(k)]
                 jobs = [job for job, _ in batch]
-                ref = slot.actor.evaluate_batch.options(name=f"packed{k}:{jobs[0].name}").remote(
+                ref = slot.actor.evaluate_batch.options(name=f"packed{len(jobs)}:{jobs[0].name}").remote(
                     jobs, [self.payload(job) for job in jobs])
                 flight = _Flight(jobs[0], batch[0][1], ref, i, batch=batch)
             if not slot.queue:
                 slot.head_since = time.monotonic()
             slot.queue.append(flight)
             flights[ref] = flight
+            return True
 
         def fill() -> None:
             # Idle workers first.  A second job is queued behind a running one only while plenty of
             # work is left: in a generation's tail it would wait there while another worker idles.
-            while pending:
+            while len(pending):
                 usable = [s for s in self.slots if s.usable]
                 calls = math.ceil(len(pending) / max(self._pack_of(s) for s in usable)) if usable else 0
                 if not any(not s.queue for s in usable) and not (
                         calls >= len(usable) and any(len(s.queue) < IN_FLIGHT_PER_WORKER for s in usable)):
                     return
-                submit()
+                if not submit():
+                    return
 
         def retry_or_fail(job: DispatchJob, attempt: int, reason: str, row: dict[str, Any] | None = None) -> None:
             if attempt < self.max_retries:
                 self.retries += 1
-                pending.appendleft((job, attempt + 1))
+                pending.put_back([(job, attempt + 1)])
                 return
             if row is None:
                 row = job.failed_row()
             row["reason"] = f"{reason} (attempt {attempt + 1} of {self.max_retries + 1})"[:2000]
-            finish(attempt, row)
+            finish(job, attempt, row)
 
-        def finish(attempt: int, row: dict[str, Any]) -> None:
+        def finish(job: DispatchJob, attempt: int, row: dict[str, Any]) -> None:
             row["attempts"] = attempt + 1
-            on_row(row)
+            pending.finished(job, row)
 
         def lose_slot(i: int, reason: str, kill: bool) -> None:
             """The worker in slot ``i`` is gone: retry its running job, requeue the rest untouched."""
@@ -259,21 +274,26 @@ class Dispatcher:
             for flight in queued:
                 flights.pop(flight.ref, None)
             self._replace(i, kill=kill)
-            for flight in reversed(queued[1:]):
-                pending.extendleft(reversed(flight.items))
+            pending.put_back([item for flight in queued[1:] for item in flight.items])
             if queued:
                 for job, attempt in queued[0].items:
                     retry_or_fail(job, attempt, reason)
 
-        while pending or flights:
+        while len(pending) or flights or pending.open:
             fill()
             probes = {s.ready_ref: i for i, s in enumerate(self.slots) if s.ready_ref is not None}
             waiting = list(flights) + list(probes)
-            done, _ = ray.wait(waiting, num_returns=1, timeout=self._wait_timeout())
+            if not waiting:  # nothing runs or starts: sleep until a search adds jobs (or the last one closes)
+                pending.wait(_STALL_LOG_SECONDS)
+                continue
+            timeout = self._wait_timeout()
+            if pending.open and not len(pending):  # a search may add a generation at any moment
+                timeout = _POLL_SECONDS if timeout is None else min(timeout, _POLL_SECONDS)
+            done, _ = ray.wait(waiting, num_returns=1, timeout=timeout)
             now = time.monotonic()
             if not done:
                 self._kill_hung(now, lose_slot)
-                if not flights and now - last_progress > _STALL_LOG_SECONDS:
+                if not flights and probes and now - last_progress > _STALL_LOG_SECONDS:
                     log.warning("no worker is ready yet (%d starting); waiting for resources", len(probes))
                     last_progress = now
                 continue
@@ -309,7 +329,7 @@ class Dispatcher:
                 elif row.get("status") != "ok":
                     retry_or_fail(job, attempt, row.get("reason") or "failed", row)
                 else:
-                    finish(attempt, row)
+                    finish(job, attempt, row)
 
     def _wait_timeout(self) -> float | None:
         """Until the earliest running job would pass ``eval_timeout``; stall checks otherwise."""

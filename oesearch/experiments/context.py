@@ -28,6 +28,7 @@ import yaml
 from oesearch.config import Config, config_to_dict
 from oesearch.distributed.cluster import ClusterInfo, ClusterLost, cluster_info, connect, current_cluster
 from oesearch.distributed.dispatch import Dispatcher, WorkersLost, plan_workers
+from oesearch.distributed.pool import SharedPool
 from oesearch.distributed.ray_metrics import RunMetrics
 from oesearch.results.rundir import RunDir
 from oesearch.results.storage import Mirror, is_uri
@@ -89,6 +90,7 @@ class RunContext:
     metrics: RunMetrics
     mirror: Mirror | None
     cluster: ClusterInfo | None
+    run_jobs: Callable[[Any, Callable[[dict[str, Any]], None]], None]  # the dispatcher's, or a shared pool's
 
     @property
     def workers(self) -> int:
@@ -114,8 +116,12 @@ def mirror_for(config: Config, rundir: RunDir) -> Mirror | None:
 def run_context(config: Config, rundir: RunDir, *, worker_class: Any, shared: Any, args: tuple = (),
                 payload: Callable[[Any], tuple] = lambda job: (), method: str, mode: str, command: str,
                 log: Callable[[str], None] = print, pack: int | None = None,
-                max_workers: int | None = None) -> Iterator[RunContext]:
+                max_workers: int | None = None, pool: SharedPool | None = None) -> Iterator[RunContext]:
     """Connect, start the workers and yield the :class:`RunContext`; close and shut down however it ends.
+
+    With ``pool`` (a campaign's :class:`~oesearch.distributed.pool.SharedPool`) the run starts no workers
+    of its own: its jobs join the pool's queue under the run directory's name, and the pool's owner
+    shuts the workers down.
 
     ``method`` and ``mode`` tag the Ray metrics (with the run id); ``command`` is the subcommand line a
     user resumes with (e.g. ``python oesearch/run.py benchmark``). A cluster that stops serving the run
@@ -123,11 +129,17 @@ def run_context(config: Config, rundir: RunDir, *, worker_class: Any, shared: An
     """
     write_config(config, rundir)
     mirror = mirror_for(config, rundir)
-    connect(config.run.address, log)
+    if pool is None:
+        connect(config.run.address, log)
     cluster = current_cluster() or cluster_info(joined=True, source="Ray initialised by the caller")
-    dispatcher, kind = make_dispatcher(config, worker_class, shared, args, payload, f"oesearch-{rundir.path.name}",
-                                       log, pack=pack, max_workers=max_workers)
-    ctx = RunContext(config, rundir, dispatcher, kind, RunMetrics(rundir.path.name, method, mode), mirror, cluster)
+    if pool is None:
+        dispatcher, kind = make_dispatcher(config, worker_class, shared, args, payload,
+                                           f"oesearch-{rundir.path.name}", log, pack=pack, max_workers=max_workers)
+        run_jobs, metrics = dispatcher.run, RunMetrics(rundir.path.name, method, mode)
+    else:
+        dispatcher, kind = pool.dispatcher, pool.device_kind
+        run_jobs, metrics = pool.run_jobs_for(rundir.path.name), RunMetrics(rundir.path.name, method, mode, pool.name)
+    ctx = RunContext(config, rundir, dispatcher, kind, metrics, mirror, cluster, run_jobs)
     rundir.journal_rows()  # a resumed run says which journal lines it had to skip
     for problem in rundir.dropped:
         log(f"warning: {rundir.file(rundir.journal_name)}: {problem}; skipped it, so that evaluation runs again")
@@ -139,6 +151,7 @@ def run_context(config: Config, rundir: RunDir, *, worker_class: Any, shared: An
     finally:
         rundir.close()
         try:
-            dispatcher.shutdown()
+            if pool is None:
+                dispatcher.shutdown()
         except Exception:  # noqa: BLE001  a cluster that went away cannot kill its actors; nothing to do
             pass

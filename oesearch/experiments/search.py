@@ -17,6 +17,7 @@ import numpy as np
 from oesearch.config import Config, ConfigError
 from oesearch.data import ImageStore, OneVsRest, corpus_key, load_corpus, load_normal, one_vs_rest
 from oesearch.distributed.fitness_worker import FitnessWorker
+from oesearch.distributed.pool import SharedPool
 from oesearch.experiments.context import RUN_COMMAND, run_context
 from oesearch.methods import method
 from oesearch.results import RunDir, write_outputs
@@ -134,8 +135,12 @@ def image_payload(images: np.ndarray) -> Callable[[Job], tuple[np.ndarray]]:
 
 def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
                log: Callable[[str], None] = print, progress: bool = True,
-               worker_class: Any = FitnessWorker, report: Report | None = None) -> dict[str, Any]:
+               worker_class: Any = FitnessWorker, report: Report | None = None,
+               pool: SharedPool | None = None, task: str | None = None) -> dict[str, Any]:
     """Run (or, when ``rundir`` holds a checkpoint or journal, continue) a search; return its summary.
+
+    In a campaign, ``pool`` is the workers it shares with the other searches and ``task`` the
+    worker task its jobs name (see :mod:`oesearch.experiments.campaign`); nothing else changes.
 
     ``worker_class`` is the Ray actor class that evaluates jobs: a subclass of
     :class:`~oesearch.distributed.fitness_worker.FitnessWorkerBase` wrapped by ``ray.remote``.
@@ -144,19 +149,20 @@ def run_search(config: Config, rundir: RunDir, data: SearchData | None = None,
     wall_start = time.perf_counter()
     rundir.claim()  # one driver per run directory; readers can tell a live run from a dead one
     try:
-        return _run_claimed(config, rundir, data, log, progress, worker_class, report, wall_start)
+        return _run_claimed(config, rundir, data, log, progress, worker_class, report, wall_start, pool, task)
     finally:
         rundir.release()
 
 
 def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: Callable[[str], None],
-                 progress: bool, worker_class: Any, report: Report | None, wall_start: float) -> dict[str, Any]:
+                 progress: bool, worker_class: Any, report: Report | None, wall_start: float,
+                 pool: SharedPool | None = None, task: str | None = None) -> dict[str, Any]:
     state = rundir.load_checkpoint(log=log)
     earlier_seconds = state.elapsed if state is not None else 0.0  # time spent before a kill
     data = data or prepare(config, log)
     with run_context(config, rundir, worker_class=worker_class, shared=data.task, args=(worker_spec(config),),
                      payload=image_payload(data.corpus.images), method=config.train.method,
-                     mode=config.search.mode, command=RUN_COMMAND, log=log) as ctx:
+                     mode=config.search.mode, command=RUN_COMMAND, log=log, pool=pool) as ctx:
         rows = rundir.journal_rows()
         if rows or state is not None:
             log(f"resuming: {len(rows)} finished evaluations in the journal, "
@@ -175,12 +181,13 @@ def _run_claimed(config: Config, rundir: RunDir, data: SearchData | None, log: C
             corpus_size=len(data.corpus),
             mode=config.search.mode,
             search_seeds=search_seeds(config),
-            run_jobs=ctx.dispatcher.run,
+            run_jobs=ctx.run_jobs,
             journal=ctx.journal,
             cache=FitnessCache(rows),
             progress=progress,
             seed_of=lambda r: repetition_seed(config.run.seed, r),
             rescore_seeds=config.search.rescore_seeds,
+            task=task,
         )
         log(f"search: {config.search.strategy}, {config.train.method} {config.search.mode}, population "
             f"{config.search.population}, the initial generation plus {config.search.generations}, {ctx.workers} "

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import random
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -44,6 +45,9 @@ from oesearch.seeding import derive_seed
 __all__ = ["individual_class", "EvolutionState", "Evolution", "mutate_near", "mate_near", "initial_indices",
            "renew", "forget_rescored", "random_individuals"]
 
+_GLOBAL_RANDOM = threading.RLock()  # a campaign runs its searches in threads of one process
+
+
 @contextmanager
 def borrowed_global_random(rng: random.Random) -> Iterator[None]:
     """Run DEAP code that draws from the ``random`` module on ``rng``'s state instead.
@@ -52,13 +56,14 @@ def borrowed_global_random(rng: random.Random) -> Iterator[None]:
     and out keeps the run seeded and checkpointable without touching anyone
     else's use of ``random``.
     """
-    saved = random.getstate()
-    random.setstate(rng.getstate())
-    try:
-        yield
-    finally:
-        rng.setstate(random.getstate())
-        random.setstate(saved)
+    with _GLOBAL_RANDOM:
+        saved = random.getstate()
+        random.setstate(rng.getstate())
+        try:
+            yield
+        finally:
+            rng.setstate(random.getstate())
+            random.setstate(saved)
 
 
 def mutate_near(individual: list[int], index: NeighbourIndex, rng: np.random.Generator,

@@ -38,6 +38,7 @@ class Job:
     purpose: str  # "search" or "validate"
     generation: Optional[int]
     individual: int  # slot in the population, or rank in the hall of fame
+    task: Optional[str] = None  # in a campaign: which of its workers' tasks trains it (not part of the row)
 
     @property
     def key(self) -> JobKey:

@@ -43,6 +43,7 @@ class FitnessProblem:
         progress: bool = True,
         seed_of: Callable[[int], int] | None = None,
         rescore_seeds: int = 0,
+        task: str | None = None,
     ) -> None:
         self.normal_class = normal_class
         self.corpus_size = corpus_size
@@ -50,6 +51,7 @@ class FitnessProblem:
         self.search_seeds = tuple(search_seeds)
         self._seed_of = seed_of
         self.rescore_seeds = rescore_seeds
+        self.task = task  # the worker task its jobs name (a campaign's workers hold several)
         self._run_jobs = run_jobs
         self._journal = journal
         self.cache = cache
@@ -71,7 +73,8 @@ class FitnessProblem:
         cached = 0
         for slot, indices, seeds in slots:
             for seed in seeds:
-                job = Job(self.normal_class, tuple(int(i) for i in indices), int(seed), purpose, generation, slot)
+                job = Job(self.normal_class, tuple(int(i) for i in indices), int(seed), purpose, generation, slot,
+                          self.task)
                 if job.key in self.cache:
                     cached += 1
                 elif job.key not in queued:  # a duplicate within this batch trains once
