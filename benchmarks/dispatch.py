@@ -58,7 +58,7 @@ from ray.cluster_utils import Cluster
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 from oesearch.distributed.dispatch import Dispatcher  # noqa: E402
 from oesearch.distributed.pool import SharedPool  # noqa: E402
-from oesearch.distributed.scheduler import simulate_campaign  # noqa: E402
+from oesearch.distributed.scheduler import search_durations, simulate_campaign  # noqa: E402
 from oesearch.search.fitness import Job  # noqa: E402
 
 
@@ -172,13 +172,8 @@ def search_task(s: int) -> str:
 
 
 def campaign_durations(args: argparse.Namespace, searches: int, sizes: list[int]) -> list[list[np.ndarray]]:
-    """Per search, per generation, its evaluation times: gamma(mean, cv) from a generator seeded (seed, search)."""
-    shape = 1.0 / args.cv**2
-    out = []
-    for s in range(searches):
-        rng = np.random.default_rng([args.seed, s])
-        out.append([rng.gamma(shape, args.mean_seconds / shape, size) for size in sizes])
-    return out
+    """Per search, per generation, its evaluation times: the very draws the simulation makes."""
+    return [search_durations(sizes, args.mean_seconds, args.cv, args.seed, s) for s in range(searches)]
 
 
 def campaign(args: argparse.Namespace, n: int, nodes: int) -> None:

@@ -28,7 +28,8 @@ from typing import Any, Callable, Hashable, Iterable, Optional, Protocol, Sequen
 
 import numpy as np
 
-__all__ = ["Item", "JobQueue", "FifoQueue", "FairQueue", "task_of", "simulate_campaign", "CampaignSimulation"]
+__all__ = ["Item", "JobQueue", "FifoQueue", "FairQueue", "task_of", "simulate_campaign", "search_durations",
+           "CampaignSimulation"]
 
 Item = tuple[Any, int]  # (job, attempt): attempt 0 is the first try
 
@@ -240,18 +241,27 @@ class _SimJob:
     task: Hashable = None
 
 
+def search_durations(generations: Sequence[int], mean_seconds: float, cv: float, seed: int,
+                     search: int) -> list[np.ndarray]:
+    """One search's training times per generation: gamma with mean ``mean_seconds`` and coefficient of
+    variation ``cv`` (constant for cv 0), from a generator of its own seeded by (``seed``, ``search``)."""
+    rng = np.random.default_rng([seed, search])
+    if cv <= 0:
+        return [np.full(int(n), mean_seconds) for n in generations]
+    shape = 1.0 / cv**2
+    return [rng.gamma(shape, mean_seconds / shape, int(n)) for n in generations]
+
+
 def simulate_campaign(workers: int, generations: Sequence[Sequence[int]], mean_seconds: float, cv: float,
                       seed: int) -> CampaignSimulation:
     """A discrete-event run of :class:`FairQueue` over ``workers`` workers with no dispatch overhead.
 
     ``generations[s]`` lists search ``s``'s trainings per generation; a generation is a barrier (the
-    next one is added when its last row arrives, as a search does).  Each training lasts a gamma-
-    distributed time of mean ``mean_seconds`` and coefficient of variation ``cv``, drawn from its search's
-    own generator (seeded by ``seed`` and the search's position), so no duration depends on the schedule.  The queue, its fairness rule and its
-    batch bookkeeping are the ones the dispatcher uses; only the clock is simulated.
+    next one is added when its last row arrives, as a search does).  Each training lasts what
+    :func:`search_durations` draws for its search, so no duration depends on the schedule.  The queue, its
+    fairness rule and its batch bookkeeping are the ones the dispatcher uses; only the clock is simulated.
     """
-    rngs = [np.random.default_rng([seed, s]) for s in range(len(generations))]  # each search its own draws
-    shape = 1.0 / cv**2 if cv > 0 else None
+    durations = [search_durations(g, mean_seconds, cv, seed, s) for s, g in enumerate(generations)]
     queue = FairQueue()
     names = [f"s{i}" for i in range(len(generations))]
     next_generation = [0] * len(generations)
@@ -264,9 +274,7 @@ def simulate_campaign(workers: int, generations: Sequence[Sequence[int]], mean_s
             queue.close(names[s])
             return
         next_generation[s] += 1
-        n = int(generations[s][g])
-        seconds = (rngs[s].gamma(shape, mean_seconds / shape, n) if shape else np.full(n, mean_seconds))
-        jobs = [_SimJob(s, float(t)) for t in seconds]
+        jobs = [_SimJob(s, float(t)) for t in durations[s][g]]
         queue.add(names[s], jobs, on_row=lambda row: None, on_done=lambda: add_generation(s))
 
     for s in range(len(generations)):
