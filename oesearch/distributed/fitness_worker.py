@@ -56,14 +56,15 @@ class _FitnessWorker(WorkerBase):
         specs = spec if isinstance(spec, Mapping) else {None: spec}
         if set(tasks) != set(specs):
             raise ValueError(f"tasks {sorted(map(str, tasks))} and worker specs {sorted(map(str, specs))} differ")
-        on_device: dict[tuple[int, Any], PreparedTask] = {}
-        self._tests: dict[int, np.ndarray] = {}  # id(task) -> its test images, to share one device copy
-        self.tasks = {name: self._load(tasks[name], specs[name], on_device) for name in tasks}
+        on_device: dict[tuple[int, Any], PreparedTask] = {}  # (id(task), filter) -> its data on the device
+        test_on_device: dict[int, torch.Tensor] = {}  # id(test images) -> their one copy on the device
+        self.tasks = {name: self._load(tasks[name], specs[name], on_device, test_on_device) for name in tasks}
         self.pack = min(t.pack for t in self.tasks.values())
         self.max_pack: int | None = None  # K at most, once an out-of-memory error halved it (for the rest of the run)
         self.oom_halvings = 0
 
-    def _load(self, task: OneVsRest, spec: WorkerSpec, on_device: dict[tuple[int, Any], PreparedTask]) -> LoadedTask:
+    def _load(self, task: OneVsRest, spec: WorkerSpec, on_device: dict[tuple[int, Any], PreparedTask],
+              test_on_device: dict[int, torch.Tensor]) -> LoadedTask:
         info = method(spec.method)
         if info.clip and not isinstance(task, OneVsRest):
             raise ValueError(f"train.method {spec.method} prompts with the one normal class of a one-vs-rest task, "
@@ -72,9 +73,8 @@ class _FitnessWorker(WorkerBase):
         if key not in on_device:
             prepared = PreparedTask.from_arrays(task.train, task.test, task.test_anomalous, self.device, spec.filter)
             # A campaign's one-vs-rest tasks of one dataset pass one test array: one copy of it on the device.
-            shared = next((t.test for (i, _), t in on_device.items() if self._tests.get(i) is task.test), None)
-            on_device[key] = prepared if shared is None else dataclasses.replace(prepared, test=shared)
-            self._tests[id(task)] = task.test
+            shared = test_on_device.setdefault(id(task.test), prepared.test)
+            on_device[key] = prepared if shared is prepared.test else dataclasses.replace(prepared, test=shared)
         loaded = LoadedTask(on_device[key], spec.objective(getattr(task, "class_name", None)), spec.settings)
         if info.clip:  # load the model now, once per process, not inside a timed training
             clip = spec.clip or ClipSpec()
