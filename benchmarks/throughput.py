@@ -199,7 +199,7 @@ def main() -> None:
         figures[f"packed{k}_dedup_vs_resident"] = round(figures[f"packed{k}_dedup_evals_per_hour"] / resident_rate, 3)
     figures["dedup_vs_resident"] = round(figures["dedup_evals_per_hour"] / resident_rate, 3)
     figures["device"] = device.type
-    print(f"\n| variant | K | wall per call (s) | evaluations / hour | vs plain | mean AUC of its candidates |")
+    print("\n| variant | K | wall per call (s) | evaluations / hour | vs plain | mean AUC of its candidates |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, k, wall, rate, ratio, auc in rows:
         print(f"| {name} | {k} | {wall:.2f} | {rate:.0f} | {ratio:.2f}x | {auc:.3f} |")

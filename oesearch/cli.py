@@ -18,7 +18,6 @@ from pathlib import Path
 import yaml
 
 from oesearch.config import ConfigError, apply_overrides, config_from_dict, read_yaml
-from oesearch.data import DataError
 from oesearch.methods import NAMES
 from oesearch.supervisor import supervise, supervised, tell_supervisor
 
@@ -30,6 +29,7 @@ _SUPERVISED_COMMANDS = ("search", "campaign", "evaluate", "signal")  # run in a 
 
 def _expected() -> tuple[type[BaseException], ...]:
     """The errors a command explains in one line and exits 2 on (looked up when one happens: Ray loads late)."""
+    from oesearch.data import DataError
     from oesearch.distributed.cluster import ClusterLost
     from oesearch.results.rundir import RunBusy
 

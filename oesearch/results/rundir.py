@@ -21,7 +21,7 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 __all__ = ["RunDir", "RunBusy", "atomic_write_bytes", "atomic_write_text", "driver_state", "read_journal",
            "read_journal_checked"]

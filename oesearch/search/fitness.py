@@ -23,7 +23,8 @@ def job_key(normal_class: int, indices: Iterable[int], seed: int) -> JobKey:
     Within a run everything else a result depends on is fixed by its config (``--resume``
     refuses another): ``train`` (``dedup`` included) and ``run.pack``.  Batches are drawn
     on the CPU on every device, so a row's ``device`` (journaled with it) changes only
-    float rounding, as ``run.pack`` > 1 and ``train.dedup`` do.
+    float rounding, as ``run.pack`` > 1, ``train.dedup`` and a worker's thread count do
+    (on the reference network Adam amplifies it to a few 1e-3 of AUC: docs/method.md).
     """
     return (int(normal_class), tuple(sorted(int(i) for i in indices)), int(seed))
 

@@ -121,7 +121,6 @@ def weighted_batch_norm(bn: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, we
     w = w.to(xf.dtype)
     wc = w.repeat_interleave(channels // groups, dim=1) if groups > 1 else w.expand(n_rows, channels)  # (N, C)
     spatial = x[0, 0].numel()
-    red = (0,) + tuple(range(2, x.dim()))
     inner = tuple(range(2, x.dim()))
     view = (1, channels) + (1,) * (x.dim() - 2)
     with torch.no_grad():
